@@ -1,0 +1,188 @@
+//! The queue between sessions and one upstream connection's writer.
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::policy::FlushPolicy;
+use super::slot::ReplySlot;
+
+/// A run of consecutive commands from one session, as raw RESP bytes, with the slot their
+/// replies go to. Sessions submit runs, not single commands: a client pipelining 16
+/// commands costs one queue entry, one slot and one delivery per read, not 16.
+#[derive(Debug)]
+pub struct QueuedCommands {
+    /// The commands, exactly as the client sent them.
+    pub bytes: Bytes,
+    /// Where their replies go.
+    pub slot: ReplySlot,
+    /// Times this run was moved to another connection because its own went down.
+    pub hops: u8,
+}
+
+/// Submitting side of a [`BatchQueue`]; cheap to clone.
+pub type BatchSender = mpsc::UnboundedSender<QueuedCommands>;
+
+/// The writer side: hands out batches under a [`FlushPolicy`].
+///
+/// Unbounded by design, since a shared writer must never block a session; the sessions bound it
+/// instead (each pauses reading while too many of its commands await replies).
+#[derive(Debug)]
+pub struct BatchQueue {
+    rx: mpsc::UnboundedReceiver<QueuedCommands>,
+    /// A run taken from the channel that did not fit in the previous batch.
+    carry: Option<QueuedCommands>,
+}
+
+impl BatchQueue {
+    /// Creates a queue and its sender.
+    pub fn new() -> (BatchSender, Self) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (tx, Self { rx, carry: None })
+    }
+
+    /// Takes one queued run, waiting for it. `None` once every sender is gone.
+    pub async fn recv(&mut self) -> Option<QueuedCommands> {
+        match self.carry.take() {
+            Some(c) => Some(c),
+            None => self.rx.recv().await,
+        }
+    }
+
+    /// Appends the next batch to `batch` (which the caller clears): waits for a first run,
+    /// then takes what is queued, and with a window waits up to it for more. Returns false
+    /// when the queue is closed.
+    ///
+    /// Cancel-safe: runs already taken stay in `batch` or in the carry slot.
+    pub async fn next_batch(
+        &mut self,
+        policy: &FlushPolicy,
+        batch: &mut Vec<QueuedCommands>,
+    ) -> bool {
+        let (mut cmds, mut bytes) = batch.iter().fold((0, 0), |(c, b), q| {
+            (c + q.slot.remaining() as usize, b + q.bytes.len())
+        });
+        if batch.is_empty() {
+            let Some(first) = self.recv().await else {
+                return false;
+            };
+            cmds += first.slot.remaining() as usize;
+            bytes += first.bytes.len();
+            batch.push(first);
+        }
+        let mut full = self.drain(policy, batch, &mut cmds, &mut bytes);
+        if !full && !policy.window.is_zero() {
+            let deadline = tokio::time::Instant::now() + policy.window;
+            while !full {
+                if !policy.wait_a_little(deadline).await {
+                    break;
+                }
+                full = self.drain(policy, batch, &mut cmds, &mut bytes);
+            }
+        }
+        true
+    }
+
+    /// Moves queued runs into `batch` until the queue is empty or the batch is full.
+    /// Returns true when full. A batch always takes at least one run, however large.
+    fn drain(
+        &mut self,
+        policy: &FlushPolicy,
+        batch: &mut Vec<QueuedCommands>,
+        cmds: &mut usize,
+        bytes: &mut usize,
+    ) -> bool {
+        loop {
+            let next = match self.carry.take() {
+                Some(c) => c,
+                None => match self.rx.try_recv() {
+                    Ok(c) => c,
+                    Err(_) => return false,
+                },
+            };
+            let (n, b) = (next.slot.remaining() as usize, next.bytes.len());
+            if !batch.is_empty()
+                && (*cmds + n > policy.max_commands || *bytes + b > policy.max_bytes)
+            {
+                self.carry = Some(next);
+                return true;
+            }
+            *cmds += n;
+            *bytes += b;
+            batch.push(next);
+            if *cmds >= policy.max_commands || *bytes >= policy.max_bytes {
+                return true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::slot::ReplySink;
+    use std::time::Duration;
+
+    fn run(sink: &std::sync::Arc<ReplySink>, seq: u64, n: u64, len: usize) -> QueuedCommands {
+        QueuedCommands {
+            bytes: Bytes::from(vec![b'x'; len]),
+            slot: ReplySlot::new(sink.clone(), seq, n),
+            hops: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn respects_limits_and_carries_over() {
+        let (sink, _rx) = ReplySink::new(1000, 0);
+        let (tx, mut q) = BatchQueue::new();
+        for i in 0..5 {
+            tx.send(run(&sink, i * 4, 4, 10)).unwrap();
+        }
+        let policy = FlushPolicy {
+            window: Duration::ZERO,
+            max_commands: 8,
+            max_bytes: 1 << 20,
+        };
+        let mut batch = Vec::new();
+        assert!(q.next_batch(&policy, &mut batch).await);
+        assert_eq!(batch.len(), 2);
+        batch.clear();
+        assert!(q.next_batch(&policy, &mut batch).await);
+        assert_eq!(batch.len(), 2);
+        batch.clear();
+        let policy = FlushPolicy {
+            max_bytes: 5,
+            ..policy
+        };
+        assert!(q.next_batch(&policy, &mut batch).await);
+        assert_eq!(batch.len(), 1, "an oversized run still goes alone");
+        batch.clear();
+        drop(tx);
+        assert!(!q.next_batch(&policy, &mut batch).await);
+        for b in batch.drain(..) {
+            b.slot.fail("ERR test");
+        }
+    }
+
+    #[tokio::test]
+    async fn window_gathers_late_arrivals() {
+        let (sink, _rx) = ReplySink::new(1000, 0);
+        let (tx, mut q) = BatchQueue::new();
+        tx.send(run(&sink, 0, 1, 10)).unwrap();
+        let late = {
+            let (tx, sink) = (tx.clone(), sink.clone());
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                tx.send(run(&sink, 1, 1, 10)).unwrap();
+            })
+        };
+        let policy = FlushPolicy {
+            window: Duration::from_millis(200),
+            max_commands: 2,
+            max_bytes: 1 << 20,
+        };
+        let mut batch = Vec::new();
+        assert!(q.next_batch(&policy, &mut batch).await);
+        late.await.unwrap();
+        assert_eq!(batch.len(), 2);
+    }
+}

@@ -1,0 +1,229 @@
+//! The return path: where an upstream connection delivers the replies of commands it sent.
+//!
+//! A session owns one [`ReplySink`]; every run of commands it submits travels with a
+//! [`ReplySlot`] naming the sink and the run's sequence numbers. Upstream readers deliver
+//! raw reply bytes into the sink and never wait on it, so a client that stops reading can
+//! never stall a shared reader. A slot that is dropped before all its replies arrived
+//! answers the rest with an error: no command is ever left without a reply.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, Notify};
+
+use crate::resp::error_reply;
+
+/// Error given to commands that were written to an upstream connection that then broke:
+/// they may have run, so they are never replayed.
+pub const CONNECTION_LOST: &str = "ERR upstream connection lost";
+
+/// Replies for `count` consecutive commands of one session, starting at `first_seq`.
+#[derive(Debug)]
+pub struct ReplyChunk {
+    /// Sequence number of the first command answered.
+    pub first_seq: u64,
+    /// Commands answered (0 for a control chunk).
+    pub count: u64,
+    /// Their raw replies, back to back.
+    pub bytes: Bytes,
+    /// Close the client connection once this chunk is written.
+    pub close_after: bool,
+}
+
+/// The session side of the return path.
+#[derive(Debug)]
+pub struct ReplySink {
+    tx: mpsc::UnboundedSender<ReplyChunk>,
+    /// Commands submitted upstream whose replies have not been delivered yet.
+    awaiting: AtomicUsize,
+    /// Reply bytes delivered but not yet written to the client.
+    unwritten: AtomicUsize,
+    /// Set when `unwritten` passed the output limit: the session is closed.
+    overflowed: AtomicBool,
+    output_limit: usize,
+    /// Wakes the session reader paused on `awaiting`.
+    resumed: Notify,
+    pause_at: usize,
+}
+
+impl ReplySink {
+    /// Creates a sink and the receiver its session writer drains.
+    ///
+    /// `pause_at`: the session stops reading new commands while this many await replies.
+    /// `output_limit`: unwritten reply bytes past which the client is disconnected
+    /// (0 = unlimited), so a client that never reads cannot hold unbounded memory.
+    pub fn new(
+        pause_at: usize,
+        output_limit: usize,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<ReplyChunk>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sink = Arc::new(Self {
+            tx,
+            awaiting: AtomicUsize::new(0),
+            unwritten: AtomicUsize::new(0),
+            overflowed: AtomicBool::new(false),
+            output_limit,
+            resumed: Notify::new(),
+            pause_at: pause_at.max(1),
+        });
+        (sink, rx)
+    }
+
+    /// Sends a reply the session made itself (no upstream round trip).
+    pub fn local(&self, seq: u64, bytes: Bytes, close_after: bool) {
+        self.push(ReplyChunk {
+            first_seq: seq,
+            count: 1,
+            bytes,
+            close_after,
+        });
+    }
+
+    /// Registers `count` commands as sent upstream.
+    pub fn submitted(&self, count: u64) {
+        self.awaiting.fetch_add(count as usize, Ordering::Relaxed);
+    }
+
+    /// Waits until fewer than the pause threshold of commands await replies.
+    pub async fn wait_for_room(&self) {
+        loop {
+            let notified = self.resumed.notified();
+            if self.awaiting.load(Ordering::Acquire) < self.pause_at {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Marks `bytes` as written to the client.
+    pub fn written(&self, bytes: usize) {
+        self.unwritten.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// True once the client exceeded its output limit and must be disconnected.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
+    fn deliver(&self, first_seq: u64, count: u64, bytes: Bytes) {
+        let before = self.awaiting.fetch_sub(count as usize, Ordering::AcqRel);
+        if before >= self.pause_at && before - (count as usize) < self.pause_at {
+            self.resumed.notify_one();
+        }
+        self.push(ReplyChunk {
+            first_seq,
+            count,
+            bytes,
+            close_after: false,
+        });
+    }
+
+    fn push(&self, chunk: ReplyChunk) {
+        let len = chunk.bytes.len();
+        let total = self.unwritten.fetch_add(len, Ordering::Relaxed) + len;
+        if self.output_limit > 0 && total > self.output_limit {
+            // Keep nothing more for a client that does not read; its writer closes it.
+            self.overflowed.store(true, Ordering::Relaxed);
+            self.unwritten.fetch_sub(len, Ordering::Relaxed);
+            let _ = self.tx.send(ReplyChunk {
+                bytes: Bytes::new(),
+                ..chunk
+            });
+            return;
+        }
+        // A closed receiver means the client is gone: its replies have nowhere to go.
+        let _ = self.tx.send(chunk);
+    }
+}
+
+/// Where the replies of a run of consecutive commands of one session go.
+///
+/// Dropping a slot with replies outstanding answers them with [`CONNECTION_LOST`].
+#[derive(Debug)]
+pub struct ReplySlot {
+    sink: Arc<ReplySink>,
+    next_seq: u64,
+    remaining: u64,
+}
+
+impl ReplySlot {
+    /// A slot for `count` commands numbered from `first_seq`.
+    pub fn new(sink: Arc<ReplySink>, first_seq: u64, count: u64) -> Self {
+        sink.submitted(count);
+        Self {
+            sink,
+            next_seq: first_seq,
+            remaining: count,
+        }
+    }
+
+    /// Replies still expected.
+    pub fn remaining(&self) -> u64 {
+        self.remaining
+    }
+
+    /// Delivers the next `count` replies, `bytes` holding exactly those.
+    pub fn complete(&mut self, count: u64, bytes: Bytes) {
+        debug_assert!(count <= self.remaining);
+        self.sink.deliver(self.next_seq, count, bytes);
+        self.next_seq += count;
+        self.remaining -= count;
+    }
+
+    /// Answers every outstanding command with the error `text` (`ERR …`).
+    pub fn fail(mut self, text: &str) {
+        self.fail_remaining(text);
+    }
+
+    fn fail_remaining(&mut self, text: &str) {
+        if self.remaining == 0 {
+            return;
+        }
+        let one = error_reply(text);
+        let mut all = BytesMut::with_capacity(one.len() * self.remaining as usize);
+        for _ in 0..self.remaining {
+            all.extend_from_slice(&one);
+        }
+        self.complete(self.remaining, all.freeze());
+    }
+}
+
+impl Drop for ReplySlot {
+    fn drop(&mut self) {
+        self.fail_remaining(CONNECTION_LOST);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_slot_answers_with_errors() {
+        let (sink, mut rx) = ReplySink::new(10, 0);
+        let mut slot = ReplySlot::new(sink.clone(), 5, 3);
+        slot.complete(1, Bytes::from_static(b"+OK\r\n"));
+        drop(slot);
+        let a = rx.try_recv().unwrap();
+        assert_eq!((a.first_seq, a.count), (5, 1));
+        let b = rx.try_recv().unwrap();
+        assert_eq!((b.first_seq, b.count), (6, 2));
+        assert_eq!(
+            &b.bytes[..],
+            b"-ERR upstream connection lost\r\n-ERR upstream connection lost\r\n"
+        );
+        assert_eq!(sink.awaiting.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn output_limit_drops_bytes_and_flags() {
+        let (sink, mut rx) = ReplySink::new(10, 8);
+        let mut slot = ReplySlot::new(sink.clone(), 0, 2);
+        slot.complete(1, Bytes::from_static(b"+OK\r\n"));
+        slot.complete(1, Bytes::from_static(b"+OK\r\n"));
+        assert!(sink.overflowed());
+        assert_eq!(rx.try_recv().unwrap().bytes.len(), 5);
+        assert_eq!(rx.try_recv().unwrap().bytes.len(), 0);
+    }
+}

@@ -1,0 +1,129 @@
+//! Accepting clients on TCP and unix sockets.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::session::{serve, SessionLimits};
+use crate::upstream::Router;
+
+/// Where to accept clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// `host:port`.
+    Tcp(String),
+    /// `unix:/path/to.sock`.
+    Unix(PathBuf),
+}
+
+impl ListenAddr {
+    /// Parses `host:port` or `unix:/path`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix socket path is empty".into());
+            }
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        if !s.contains(':') {
+            return Err(format!(
+                "listen address {s:?} needs a port (host:port) or unix:/path"
+            ));
+        }
+        Ok(Self::Tcp(s.to_string()))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(a) => f.write_str(a),
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// An address actually bound (port 0 resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoundAddr {
+    /// A TCP listener.
+    Tcp(SocketAddr),
+    /// A unix socket listener.
+    Unix(PathBuf),
+}
+
+/// Binds `addr` and spawns its accept loop.
+pub async fn listen(
+    addr: &ListenAddr,
+    router: Arc<Router>,
+    limits: Arc<SessionLimits>,
+    ids: Arc<AtomicU64>,
+) -> std::io::Result<(BoundAddr, JoinHandle<()>)> {
+    match addr {
+        ListenAddr::Tcp(a) => {
+            let l = TcpListener::bind(a).await?;
+            let bound = l.local_addr()?;
+            if !bound.ip().is_loopback() {
+                warn!(listen = %bound, "listening on a non-loopback address: anyone who can reach it can use your Redis");
+            }
+            info!(listen = %bound, "accepting clients");
+            let task = tokio::spawn(async move {
+                loop {
+                    match l.accept().await {
+                        Ok((s, peer)) => {
+                            let _ = s.set_nodelay(true);
+                            let id = ids.fetch_add(1, Ordering::Relaxed);
+                            debug!(client = id, %peer, "client connected");
+                            let (rd, wr) = s.into_split();
+                            tokio::spawn(serve(rd, wr, router.clone(), limits.clone(), id));
+                        }
+                        Err(e) => accept_failed(e).await,
+                    }
+                }
+            });
+            Ok((BoundAddr::Tcp(bound), task))
+        }
+        ListenAddr::Unix(path) => {
+            remove_stale_socket(path);
+            let l = UnixListener::bind(path)?;
+            info!(listen = %path.display(), "accepting clients on unix socket");
+            let task = tokio::spawn(async move {
+                loop {
+                    match l.accept().await {
+                        Ok((s, _)) => {
+                            let id = ids.fetch_add(1, Ordering::Relaxed);
+                            debug!(client = id, "client connected (unix)");
+                            let (rd, wr) = s.into_split();
+                            tokio::spawn(serve(rd, wr, router.clone(), limits.clone(), id));
+                        }
+                        Err(e) => accept_failed(e).await,
+                    }
+                }
+            });
+            Ok((BoundAddr::Unix(path.clone()), task))
+        }
+    }
+}
+
+/// Out of file descriptors and similar: pause instead of spinning.
+async fn accept_failed(e: std::io::Error) {
+    warn!(error = %e, "accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}
+
+/// A socket file left by a previous run would make `bind` fail; remove it, but never a
+/// regular file.
+fn remove_stale_socket(path: &std::path::Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

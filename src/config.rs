@@ -1,0 +1,308 @@
+//! Configuration: command-line flags, each also settable by a `RESPIPE_*` environment
+//! variable and by a TOML file (`--config`). Precedence: flag, then environment, then
+//! file, then default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::batch::FlushPolicy;
+use crate::client::{ListenAddr, SessionLimits};
+use crate::upstream::address::{AddrError, UpstreamAddr};
+
+/// Defaults, in one place so `--help` and the code agree.
+pub mod defaults {
+    /// Listen address.
+    pub const LISTEN: &str = "127.0.0.1:6380";
+    /// Upstream URL.
+    pub const UPSTREAM: &str = "redis://127.0.0.1:6379";
+    /// Multiplexed connections per database: two keep one slow reply from stalling
+    /// everything while still batching well (see docs/design.md).
+    pub const UPSTREAM_CONNS: usize = 2;
+    /// Batch window in microseconds.
+    pub const BATCH_WINDOW_US: u64 = 0;
+    /// Commands per pipeline write.
+    pub const MAX_BATCH: usize = 1024;
+    /// Bytes per pipeline write.
+    pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+    /// Unwritten reply bytes per client before it is disconnected.
+    pub const CLIENT_OUTPUT_LIMIT: usize = 1 << 30;
+    /// Upstream connect + handshake timeout in milliseconds.
+    pub const CONNECT_TIMEOUT_MS: u64 = 3000;
+}
+
+/// respipe: a Redis proxy that merges the commands of all its clients into pipelines.
+#[derive(Debug, Parser, Default)]
+#[command(name = "respipe", version, about, long_about = None)]
+pub struct Args {
+    /// Address to accept clients on, host:port or unix:/path (repeatable) [default: 127.0.0.1:6380]
+    #[arg(long, env = "RESPIPE_LISTEN", value_delimiter = ',')]
+    pub listen: Vec<String>,
+
+    /// Redis to forward to, redis://[user:pass@]host:port[/db] [default: redis://127.0.0.1:6379]
+    #[arg(long, env = "RESPIPE_UPSTREAM")]
+    pub upstream: Option<String>,
+
+    /// Multiplexed upstream connections per database [default: 2]
+    #[arg(long, env = "RESPIPE_UPSTREAM_CONNS")]
+    pub upstream_conns: Option<usize>,
+
+    /// After the first queued command, wait up to this many µs for more before writing (0: write as soon as the writer is free) [default: 0]
+    #[arg(long, env = "RESPIPE_BATCH_WINDOW_US")]
+    pub batch_window_us: Option<u64>,
+
+    /// Most commands in one pipeline write [default: 1024]
+    #[arg(long, env = "RESPIPE_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+
+    /// Most bytes in one pipeline write (a larger single command still goes alone) [default: 1048576]
+    #[arg(long, env = "RESPIPE_MAX_BATCH_BYTES")]
+    pub max_batch_bytes: Option<usize>,
+
+    /// Address for the Prometheus /metrics and health endpoints (reserved: not served yet)
+    #[arg(long, env = "RESPIPE_METRICS")]
+    pub metrics: Option<String>,
+
+    /// Disconnect a client whose unread replies exceed this many bytes (0: no limit) [default: 1073741824]
+    #[arg(long, env = "RESPIPE_CLIENT_OUTPUT_LIMIT")]
+    pub client_output_limit: Option<usize>,
+
+    /// Upstream connect and handshake timeout in milliseconds [default: 3000]
+    #[arg(long, env = "RESPIPE_CONNECT_TIMEOUT_MS")]
+    pub connect_timeout_ms: Option<u64>,
+
+    /// Worker threads [default: one per CPU]
+    #[arg(long, env = "RESPIPE_THREADS")]
+    pub threads: Option<usize>,
+
+    /// TOML file with any of these settings (keys as the long flags: upstream-conns = 4)
+    #[arg(long, env = "RESPIPE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// The same settings, read from a TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<Vec<String>>,
+    upstream: Option<String>,
+    upstream_conns: Option<usize>,
+    batch_window_us: Option<u64>,
+    max_batch: Option<usize>,
+    max_batch_bytes: Option<usize>,
+    metrics: Option<String>,
+    client_output_limit: Option<usize>,
+    connect_timeout_ms: Option<u64>,
+    threads: Option<usize>,
+}
+
+/// A configuration that was checked and is ready to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where clients connect.
+    pub listen: Vec<ListenAddr>,
+    /// The Redis behind the proxy.
+    pub upstream: UpstreamAddr,
+    /// Multiplexed connections per database.
+    pub upstream_conns: usize,
+    /// How pipeline writes are cut.
+    pub flush: FlushPolicy,
+    /// Reserved metrics address.
+    pub metrics: Option<SocketAddr>,
+    /// Per-client limits.
+    pub limits: SessionLimits,
+    /// Upstream connect + handshake timeout.
+    pub connect_timeout: Duration,
+    /// Worker threads; `None` for one per CPU.
+    pub threads: Option<usize>,
+}
+
+/// A setting that cannot be used. Reported on stderr; the process exits with status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    ParseFile {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("--upstream: {0}")]
+    Upstream(#[from] AddrError),
+    #[error("--listen: {0}")]
+    Listen(String),
+    #[error("--metrics: {0:?} is not a host:port socket address")]
+    Metrics(String),
+    #[error("--{0} must be at least 1")]
+    Zero(&'static str),
+}
+
+impl Config {
+    /// Builds the configuration from parsed flags (and the file they may name).
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::ParseFile {
+                    path: path.clone(),
+                    source: Box::new(e),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let listen = if !args.listen.is_empty() {
+            Some(args.listen)
+        } else {
+            file.listen
+        };
+        let listen = listen
+            .unwrap_or_else(|| vec![defaults::LISTEN.to_string()])
+            .iter()
+            .map(|s| ListenAddr::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::Listen)?;
+        let upstream = args
+            .upstream
+            .or(file.upstream)
+            .unwrap_or_else(|| defaults::UPSTREAM.into());
+        let upstream = UpstreamAddr::parse(&upstream)?;
+        let upstream_conns = positive(
+            "upstream-conns",
+            args.upstream_conns.or(file.upstream_conns),
+            defaults::UPSTREAM_CONNS,
+        )?;
+        let max_batch = positive(
+            "max-batch",
+            args.max_batch.or(file.max_batch),
+            defaults::MAX_BATCH,
+        )?;
+        let max_batch_bytes = positive(
+            "max-batch-bytes",
+            args.max_batch_bytes.or(file.max_batch_bytes),
+            defaults::MAX_BATCH_BYTES,
+        )?;
+        let window = args
+            .batch_window_us
+            .or(file.batch_window_us)
+            .unwrap_or(defaults::BATCH_WINDOW_US);
+        let metrics = match args.metrics.or(file.metrics) {
+            None => None,
+            Some(m) => Some(
+                m.parse::<SocketAddr>()
+                    .map_err(|_| ConfigError::Metrics(m))?,
+            ),
+        };
+        let threads = match args.threads.or(file.threads) {
+            Some(0) => return Err(ConfigError::Zero("threads")),
+            t => t,
+        };
+        let limits = SessionLimits {
+            output_limit: args
+                .client_output_limit
+                .or(file.client_output_limit)
+                .unwrap_or(defaults::CLIENT_OUTPUT_LIMIT),
+            // A session hands over at most one batch's worth at a time.
+            max_run_commands: max_batch,
+            max_run_bytes: max_batch_bytes,
+            ..SessionLimits::default()
+        };
+        Ok(Self {
+            listen,
+            upstream,
+            upstream_conns,
+            flush: FlushPolicy {
+                window: Duration::from_micros(window),
+                max_commands: max_batch,
+                max_bytes: max_batch_bytes,
+            },
+            metrics,
+            limits,
+            connect_timeout: Duration::from_millis(
+                args.connect_timeout_ms
+                    .or(file.connect_timeout_ms)
+                    .unwrap_or(defaults::CONNECT_TIMEOUT_MS)
+                    .max(1),
+            ),
+            threads,
+        })
+    }
+}
+
+fn positive(name: &'static str, v: Option<usize>, default: usize) -> Result<usize, ConfigError> {
+    match v {
+        Some(0) => Err(ConfigError::Zero(name)),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Result<Config, ConfigError> {
+        Config::from_args(
+            Args::try_parse_from(std::iter::once("respipe").chain(argv.iter().copied())).unwrap(),
+        )
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen, vec![ListenAddr::Tcp("127.0.0.1:6380".into())]);
+        assert_eq!(c.upstream.port, 6379);
+        assert_eq!(c.upstream_conns, 2);
+        assert!(c.flush.window.is_zero());
+    }
+
+    #[test]
+    fn flags_beat_file() {
+        let dir = std::env::temp_dir().join(format!("respipe-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(
+            &f,
+            "upstream-conns = 7\nbatch-window-us = 50\nlisten = [\"unix:/tmp/x.sock\"]\n",
+        )
+        .unwrap();
+        let c = parse(&["--config", f.to_str().unwrap(), "--upstream-conns", "3"]).unwrap();
+        assert_eq!(c.upstream_conns, 3);
+        assert_eq!(c.flush.window, Duration::from_micros(50));
+        assert_eq!(c.listen, vec![ListenAddr::Unix("/tmp/x.sock".into())]);
+        std::fs::write(&f, "no-such-key = 1\n").unwrap();
+        assert!(matches!(
+            parse(&["--config", f.to_str().unwrap()]),
+            Err(ConfigError::ParseFile { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_values_are_errors() {
+        assert!(matches!(
+            parse(&["--upstream-conns", "0"]),
+            Err(ConfigError::Zero(_))
+        ));
+        assert!(matches!(
+            parse(&["--upstream", "http://x"]),
+            Err(ConfigError::Upstream(_))
+        ));
+        assert!(matches!(
+            parse(&["--listen", "nope"]),
+            Err(ConfigError::Listen(_))
+        ));
+        assert!(matches!(
+            parse(&["--metrics", "x"]),
+            Err(ConfigError::Metrics(_))
+        ));
+    }
+}

@@ -1,0 +1,258 @@
+//! One multiplexed upstream connection: a writer that turns the queue into pipeline
+//! writes, a reader that splits replies and completes slots in order, and the reconnect
+//! loop around both.
+//!
+//! ```text
+//!   queue ──► writer ──(bytes)──► Redis ──(replies)──► reader ──► ReplySlot::complete
+//!               └──(slots, in write order)──► in-flight FIFO ──┘
+//! ```
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::backoff::Backoff;
+use super::connect::connect;
+use super::pool::MuxSetInner;
+use super::UpstreamError;
+use crate::batch::{BatchQueue, BatchSender, QueuedCommands, ReplySlot, WriteBuffer};
+use crate::resp::reply::ReplyScanner;
+
+/// Never connected yet: commands wait in its queue for the first connection.
+pub const STARTING: u8 = 0;
+/// Connected: takes commands.
+pub const UP: u8 = 1;
+/// Lost or refused: commands go to a sibling or fail fast.
+pub const DOWN: u8 = 2;
+
+/// Read buffer size for upstream replies.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The handle sessions (through the router) use to reach one multiplexed connection.
+#[derive(Debug, Clone)]
+pub struct UpstreamMux {
+    pub(crate) tx: BatchSender,
+    pub(crate) state: Arc<AtomicU8>,
+}
+
+impl UpstreamMux {
+    /// Creates the handle and the queue its task will serve.
+    pub(crate) fn new() -> (Self, BatchQueue) {
+        let (tx, queue) = BatchQueue::new();
+        (
+            Self {
+                tx,
+                state: Arc::new(AtomicU8::new(STARTING)),
+            },
+            queue,
+        )
+    }
+
+    /// `STARTING`, `UP` or `DOWN`.
+    pub fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+}
+
+/// Runs connection `index` of `set` for the life of the proxy.
+pub(crate) async fn run(index: usize, set: Arc<MuxSetInner>, mut queue: BatchQueue) {
+    let shared = set.shared.clone();
+    let me = &set.muxes[index];
+    let mut backoff = Backoff::new(shared.reconnect_min, shared.reconnect_max);
+    let mut batch = Vec::new();
+    loop {
+        let conn = loop {
+            let attempt = connect(&shared.addr, set.db, shared.connect_timeout);
+            tokio::pin!(attempt);
+            let result = if me.state() == STARTING {
+                attempt.await
+            } else {
+                loop {
+                    tokio::select! {
+                        biased;
+                        r = &mut attempt => break r,
+                        Some(q) = queue.recv() => set.reroute(index, q),
+                    }
+                }
+            };
+            match result {
+                Ok(c) => break c,
+                Err(e) => {
+                    shared.note_failure(&e, set.db);
+                    me.state.store(DOWN, Ordering::Release);
+                    let pause = tokio::time::sleep(backoff.next_delay());
+                    tokio::pin!(pause);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            _ = &mut pause => break,
+                            Some(q) = queue.recv() => set.reroute(index, q),
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(n) = conn.databases {
+            shared.set_databases(n);
+        }
+        backoff.reset();
+        shared.note_connected(set.db, index);
+        me.state.store(UP, Ordering::Release);
+
+        let (rd, mut wr) = conn.stream.into_split();
+        let (inflight_tx, inflight_rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let mut reader = tokio::spawn(read_replies(rd, inflight_rx, stop_rx));
+        let mut out = WriteBuffer::new();
+        let ended: Result<(), UpstreamError> = loop {
+            tokio::select! {
+                biased;
+                r = &mut reader => break r.unwrap_or(Err(UpstreamError::Closed)),
+                more = queue.next_batch(&shared.policy, &mut batch) => {
+                    if !more {
+                        break Ok(());
+                    }
+                    if let Err(e) = write_batch(&mut wr, &mut out, &mut batch, &inflight_tx).await {
+                        break Err(e);
+                    }
+                }
+            }
+        };
+        me.state.store(DOWN, Ordering::Release);
+        drop(inflight_tx);
+        let _ = stop_tx.send(());
+        if !reader.is_finished() {
+            let _ = reader.await;
+        }
+        match &ended {
+            Ok(()) => return,
+            Err(e) => {
+                warn!(upstream = %shared.addr, db = set.db, conn = index, error = %e, "upstream connection lost")
+            }
+        }
+        // Runs gathered but never written may go to a healthy sibling.
+        for q in batch.drain(..) {
+            set.reroute(index, q);
+        }
+    }
+}
+
+/// Registers each run's slot in the in-flight FIFO, then writes its bytes: a reply can
+/// only come back after its slot is queued for the reader.
+async fn write_batch(
+    wr: &mut OwnedWriteHalf,
+    out: &mut WriteBuffer,
+    batch: &mut Vec<QueuedCommands>,
+    inflight: &mpsc::UnboundedSender<ReplySlot>,
+) -> Result<(), UpstreamError> {
+    for QueuedCommands { bytes, slot, .. } in batch.drain(..) {
+        if let Err(lost) = inflight.send(slot) {
+            // The reader is gone: the slot's drop answers "connection lost".
+            drop(lost);
+            return Err(UpstreamError::Closed);
+        }
+        out.put(wr, &bytes).await.map_err(UpstreamError::Io)?;
+    }
+    out.flush(wr).await.map_err(UpstreamError::Io)
+}
+
+/// Splits replies off the read buffer (zero-copy) and completes in-flight slots in order.
+///
+/// On exit, for whatever reason, every slot still in flight is answered with
+/// "connection lost" (by `ReplySlot`'s drop): the commands may have run, so they are not
+/// replayed.
+async fn read_replies(
+    mut rd: OwnedReadHalf,
+    mut inflight: mpsc::UnboundedReceiver<ReplySlot>,
+    mut stop: oneshot::Receiver<()>,
+) -> Result<(), UpstreamError> {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut scanner = ReplyScanner::new();
+    let mut current: Option<ReplySlot> = None;
+    let result = 'conn: loop {
+        // Replies completed for `current` but not yet delivered, and their bytes.
+        let (mut done, mut scanned) = (0u64, 0usize);
+        loop {
+            let slot = match current.as_mut() {
+                Some(s) => s,
+                None => match inflight.try_recv() {
+                    Ok(s) => current.insert(s),
+                    Err(_) => break,
+                },
+            };
+            match scanner.scan(&buf[scanned..]) {
+                Err(e) => break 'conn Err(UpstreamError::Protocol(e)),
+                Ok(None) => break,
+                Ok(Some(len)) => {
+                    scanned += len;
+                    done += 1;
+                    if done == slot.remaining() {
+                        slot.complete(done, buf.split_to(scanned).freeze());
+                        current = None;
+                        (done, scanned) = (0, 0);
+                    }
+                }
+            }
+        }
+        if let Some(slot) = current.as_mut().filter(|_| done > 0) {
+            slot.complete(done, buf.split_to(scanned).freeze());
+        }
+        if current.is_none() && !buf.is_empty() {
+            break Err(UpstreamError::Unsolicited);
+        }
+        let spare = buf.capacity() - buf.len();
+        if spare < READ_CHUNK / 8 {
+            buf.reserve(READ_CHUNK.max(buf.len()));
+        }
+        tokio::select! {
+            biased;
+            _ = &mut stop => break Ok(()),
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) => break Err(UpstreamError::Closed),
+                Ok(_) => {}
+                Err(e) => break Err(UpstreamError::Io(e)),
+            },
+        }
+    };
+    drop(current);
+    inflight.close();
+    let mut failed = 0usize;
+    while let Ok(slot) = inflight.try_recv() {
+        failed += slot.remaining() as usize;
+    }
+    if failed > 0 {
+        debug!(failed, "in-flight commands answered with connection lost");
+    }
+    if result.is_err() {
+        info!("upstream reader stopped");
+    }
+    result
+}
+
+/// Moves a run to another connection, or fails it when none is up.
+pub(crate) fn reroute_or_fail(
+    siblings: &[UpstreamMux],
+    from: usize,
+    mut q: QueuedCommands,
+    unavailable: impl FnOnce() -> String,
+) {
+    let n = siblings.len();
+    if usize::from(q.hops) < n {
+        for step in 1..n {
+            let m = &siblings[(from + step) % n];
+            if m.state() == UP {
+                q.hops += 1;
+                match m.tx.send(q) {
+                    Ok(()) => return,
+                    Err(back) => q = back.0,
+                }
+            }
+        }
+    }
+    q.slot.fail(&unavailable());
+}
