@@ -62,8 +62,22 @@ impl BatchQueue {
             (c + q.slot.remaining() as usize, b + q.bytes.len())
         });
         if batch.is_empty() {
-            let Some(first) = self.recv().await else {
-                return false;
+            let first = match self.carry.take() {
+                Some(c) => c,
+                None => match self.rx.try_recv() {
+                    Ok(c) => c,
+                    Err(_) => {
+                        let Some(c) = self.rx.recv().await else {
+                            return false;
+                        };
+                        // Woken by a submit: tokio runs the woken task next (its LIFO
+                        // slot), before the other sessions that are ready to submit.
+                        // Yielding once lets them run first, so the write carries
+                        // everything that is ready instead of one command.
+                        tokio::task::yield_now().await;
+                        c
+                    }
+                },
             };
             cmds += first.slot.remaining() as usize;
             bytes += first.bytes.len();
