@@ -29,10 +29,12 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts redis-server on a free port and waits until it answers.
     pub fn start() -> Self {
-        let mut s = Self {
-            port: free_port(),
-            child: None,
-        };
+        Self::start_on(free_port())
+    }
+
+    /// Starts redis-server on `port` and waits until it answers.
+    pub fn start_on(port: u16) -> Self {
+        let mut s = Self { port, child: None };
         s.spawn();
         s
     }
@@ -169,6 +171,14 @@ pub struct RawConn {
 }
 
 impl RawConn {
+    /// Wraps a connected stream.
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     /// Sends raw bytes.
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("send");

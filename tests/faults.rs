@@ -1,0 +1,278 @@
+//! Faults: the upstream dying and coming back under load, bad input from one client,
+//! commands the proxy must refuse rather than corrupt a shared connection with.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Proxy, RawConn, RedisServer};
+use redis::AsyncCommands;
+use tokio::time::Instant;
+
+/// Sends `n` pipelined `ECHO <tag>-<i>` and reads `n` replies: each must be its own echo,
+/// in order, or an upstream error. Returns (ok, errors).
+async fn echo_burst(raw: &mut RawConn, tag: &str, start: u32, n: u32) -> (u32, u32) {
+    let mut out = Vec::new();
+    for i in start..start + n {
+        let p = format!("{tag}-{i}");
+        out.extend_from_slice(format!("*2\r\n$4\r\nECHO\r\n${}\r\n{p}\r\n", p.len()).as_bytes());
+    }
+    raw.send(&out).await;
+    let (mut ok, mut err) = (0, 0);
+    for i in start..start + n {
+        let p = format!("{tag}-{i}");
+        let reply = raw.reply_text().await;
+        if reply == format!("${}\r\n{p}\r\n", p.len()) {
+            ok += 1;
+        } else {
+            assert!(
+                reply == "-ERR upstream connection lost\r\n"
+                    || reply.starts_with("-ERR upstream 127.0.0.1:"),
+                "reply to {p} was neither its echo nor an upstream error: {reply:?}"
+            );
+            err += 1;
+        }
+    }
+    (ok, err)
+}
+
+/// Redis is killed and restarted while 20 clients pipeline: every command gets exactly
+/// one reply, in order (its own echo, or an error while Redis is down), and service
+/// resumes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_killed_and_restarted_under_load() {
+    let mut redis = RedisServer::start();
+    let proxy = Proxy::start(&redis).await;
+    let restarted = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..20 {
+        let mut raw = proxy.raw().await;
+        let restarted = restarted.clone();
+        clients.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let (mut ok, mut err, mut i) = (0, 0, 0);
+            // Phase 1: until the restart is done, keep the load on.
+            while !restarted.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let (o, e) = echo_burst(&mut raw, &format!("c{c}"), i, 50).await;
+                (ok, err, i) = (ok + o, err + e, i + 50);
+            }
+            // Phase 2: recovery: bursts must succeed again, on the same client connection.
+            let mut recovered = false;
+            while Instant::now() < deadline {
+                let (o, e) = echo_burst(&mut raw, &format!("c{c}"), i, 50).await;
+                (ok, err, i) = (ok + o, err + e, i + 50);
+                if e == 0 {
+                    recovered = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (ok, err, i, recovered)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    redis.restart();
+    restarted.store(true, Ordering::Relaxed);
+    let (mut total_ok, mut total_err, mut total) = (0, 0, 0);
+    for c in clients {
+        let (ok, err, sent, recovered) = c.await.expect("client");
+        assert!(recovered, "a client never saw the upstream come back");
+        assert_eq!(ok + err, sent, "every command got exactly one reply");
+        (total_ok, total_err, total) = (total_ok + ok, total_err + err, total + sent);
+    }
+    assert!(
+        total_err > 0,
+        "no command saw the outage: the test did not test anything"
+    );
+    assert!(total_ok > 0);
+    eprintln!("sent {total}, ok {total_ok}, errors {total_err}");
+}
+
+/// With no Redis listening, commands fail at once with a clear error instead of hanging;
+/// when Redis appears, the proxy connects by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_fast_while_upstream_is_down_then_recovers() {
+    let port = common::free_port();
+    let config = respipe::config::Config::from_args(respipe::config::Args {
+        listen: vec!["127.0.0.1:0".into()],
+        upstream: Some(format!("redis://127.0.0.1:{port}")),
+        ..Default::default()
+    })
+    .unwrap();
+    let running = respipe::server::start(&config).await.unwrap();
+    let addr = match &running.bound[0] {
+        respipe::client::BoundAddr::Tcp(a) => *a,
+        other => panic!("{other:?}"),
+    };
+    let mut raw = RawConn::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    // Give the first connect attempt time to fail.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    raw.send(b"PING\r\n").await;
+    let reply = raw.reply_text().await;
+    assert!(
+        reply.starts_with(&format!("-ERR upstream 127.0.0.1:{port} unavailable")),
+        "{reply:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "failing took {:?}",
+        started.elapsed()
+    );
+
+    let redis = RedisServer::start_on(port);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        raw.send(b"PING\r\n").await;
+        if raw.reply_text().await == "+PONG\r\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "proxy never reconnected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(redis);
+    running.stop();
+}
+
+/// One client sends garbage: it gets Redis's protocol error and is closed; the replies
+/// to its earlier commands still arrive first; other clients never notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_garbage_closes_only_that_client() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(&redis).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut others = Vec::new();
+    for c in 0..4 {
+        let mut raw = proxy.raw().await;
+        let stop = stop.clone();
+        others.push(tokio::spawn(async move {
+            let mut i = 0;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let (ok, err) = echo_burst(&mut raw, &format!("good{c}"), i, 20).await;
+                assert_eq!((ok, err), (20, 0));
+                i += 20;
+            }
+            i
+        }));
+    }
+    let cases: &[(&[u8], &str)] = &[
+        (
+            b"*1\r\n:5\r\n",
+            "-ERR Protocol error: expected '$', got ':'\r\n",
+        ),
+        (
+            b"*1\r\n$-5\r\n",
+            "-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*abc\r\n",
+            "-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        (
+            b"*1\r\n$2\r\nabcd\r\n",
+            "-ERR Protocol error: expected '\\r\\n' after bulk argument\r\n",
+        ),
+        (
+            b"SET k \"unbalanced\r\n",
+            "-ERR Protocol error: unbalanced quotes in request\r\n",
+        ),
+        (
+            b"*2\r\n$3\r\nGET\r\n$2000000000\r\n",
+            "-ERR Protocol error: invalid bulk length\r\n",
+        ),
+    ];
+    for (garbage, want) in cases {
+        let mut bad = proxy.raw().await;
+        let mut input = b"PING\r\n".to_vec();
+        input.extend_from_slice(garbage);
+        input.extend_from_slice(b"PING\r\n");
+        bad.send(&input).await;
+        assert_eq!(
+            bad.reply_text().await,
+            "+PONG\r\n",
+            "reply before {garbage:?}"
+        );
+        assert_eq!(bad.reply_text().await, *want, "for {garbage:?}");
+        assert!(
+            bad.closed().await,
+            "connection stays open after {garbage:?}"
+        );
+    }
+    // Binary junk and an unterminated huge inline line.
+    let mut bad = proxy.raw().await;
+    bad.send(&vec![b'x'; 70 * 1024]).await;
+    assert_eq!(
+        bad.reply_text().await,
+        "-ERR Protocol error: too big inline request\r\n"
+    );
+    assert!(bad.closed().await);
+    stop.store(true, Ordering::Relaxed);
+    for o in others {
+        assert!(o.await.expect("good client") > 0);
+    }
+}
+
+/// Commands that need connection state are refused by name and the session goes on;
+/// XREAD is shared unless it blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateful_commands_are_refused_not_forwarded() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(&redis).await;
+    let mut raw = proxy.raw().await;
+    for cmd in [
+        "MULTI",
+        "exec",
+        "WATCH k",
+        "BLPOP q 0",
+        "SUBSCRIBE ch",
+        "MONITOR",
+        "HELLO 3",
+        "AUTH pw",
+        "CLIENT REPLY OFF",
+        "XREAD BLOCK 0 STREAMS s $",
+        "WAIT 0 0",
+        "RESET",
+    ] {
+        raw.send(format!("{cmd}\r\n").as_bytes()).await;
+        let name = cmd.split(' ').next().unwrap();
+        let reply = raw.reply_text().await;
+        assert!(
+            reply.starts_with(&format!("-ERR '{name}' is not supported by respipe yet")),
+            "{cmd}: {reply:?}"
+        );
+    }
+    raw.send(b"XADD s * f v\r\nXREAD COUNT 1 STREAMS s 0\r\nPING\r\n")
+        .await;
+    assert!(raw.reply_text().await.starts_with('$'));
+    assert!(raw.reply_text().await.starts_with("*1\r\n"));
+    assert_eq!(raw.reply_text().await, "+PONG\r\n");
+    // Nothing reached Redis on a shared connection: no client there is in MULTI or blocked.
+    let mut direct = common::connect(&redis.direct()).await;
+    let blocked: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    assert!(blocked.contains("blocked_clients:0"), "{blocked}");
+    let v: Option<String> = direct.get("k").await.unwrap();
+    assert_eq!(v, None);
+}
+
+/// HTTP request lines close the connection, as on Redis, and never reach Redis (where
+/// they would close a shared connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_request_lines_are_dropped() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(&redis).await;
+    let mut other = proxy.conn().await;
+    let mut bad = proxy.raw().await;
+    bad.send(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(bad.closed().await);
+    let pong: String = redis::cmd("PING").query_async(&mut other).await.unwrap();
+    assert_eq!(pong, "PONG");
+}
