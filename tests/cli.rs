@@ -1,0 +1,260 @@
+//! The `respipe` binary: flags, environment, config file, exit codes, unix sockets.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::RedisServer;
+
+fn respipe() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_respipe"));
+    // Keep the developer's environment out of these checks.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RESPIPE_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// Kills the child on drop.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn help_explains_every_flag() {
+    let out = respipe().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--upstream ",
+        "--upstream-conns",
+        "--batch-window-us",
+        "--max-batch ",
+        "--max-batch-bytes",
+        "--metrics",
+        "--config",
+        "RESPIPE_LISTEN",
+    ] {
+        assert!(
+            help.contains(flag),
+            "--help does not mention {flag}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn invalid_config_exits_2_with_a_clear_error() {
+    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+        (
+            &["--upstream-conns", "0"],
+            &[],
+            "--upstream-conns must be at least 1",
+        ),
+        (&["--upstream", "http://h"], &[], "must start with redis://"),
+        (&["--listen", "6380"], &[], "needs a port"),
+        (&["--max-batch", "many"], &[], "invalid value"),
+        (
+            &[],
+            &[("RESPIPE_UPSTREAM_CONNS", "0")],
+            "--upstream-conns must be at least 1",
+        ),
+        (
+            &["--config", "/nonexistent/respipe.toml"],
+            &[],
+            "cannot read config file",
+        ),
+    ];
+    for (args, env, want) in cases {
+        let out = respipe()
+            .args(*args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {err}");
+        assert!(
+            err.contains(want),
+            "{args:?} {env:?}: expected {want:?} in {err}"
+        );
+    }
+}
+
+#[test]
+fn config_file_with_unknown_key_is_refused() {
+    let dir = std::env::temp_dir().join(format!("respipe-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "upstream-connz = 3\n").unwrap();
+    let out = respipe().arg("--config").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
+}
+
+/// Reads stderr lines until one contains `needle` (or 10 s pass); returns the lines read
+/// if it was found.
+fn wait_for_log(child: &mut Child, needle: &str) -> Option<Vec<String>> {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let found = line.contains(needle);
+        seen.push(line);
+        if found {
+            return Some(seen);
+        }
+    }
+    None
+}
+
+/// A sidecar often starts before its Redis: the binary says so and keeps running.
+#[test]
+fn unreachable_upstream_at_start_is_reported_and_retried() {
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let mut child = Guard(
+        respipe()
+            .args([
+                "--listen",
+                &listen,
+                "--upstream",
+                &format!("redis://:hunter2@127.0.0.1:{port}"),
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let log =
+        wait_for_log(&mut child.0, "upstream unreachable, retrying").expect("no retry message");
+    assert!(
+        log.iter().any(|l| l.contains(&format!("127.0.0.1:{port}"))),
+        "{log:?}"
+    );
+    assert!(
+        !log.iter().any(|l| l.contains("hunter2")),
+        "password in the log: {log:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "respipe exited instead of retrying"
+    );
+}
+
+/// Clients can connect over a unix socket; TCP listeners work alongside.
+#[test]
+fn unix_socket_and_tcp_listeners() {
+    let redis = RedisServer::start();
+    let dir = std::env::temp_dir().join(format!("respipe-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("respipe.sock");
+    let tcp = format!("127.0.0.1:{}", common::free_port());
+    let _child = Guard(
+        respipe()
+            .args([
+                "--listen",
+                &format!("unix:{}", sock.display()),
+                "--listen",
+                &tcp,
+                "--upstream",
+                &redis.url(),
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut reply = String::new();
+    while Instant::now() < deadline {
+        if let Ok(mut s) = UnixStream::connect(&sock) {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"PING\r\n").unwrap();
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).unwrap_or(0);
+            reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if reply == "+PONG\r\n" {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(reply, "+PONG\r\n");
+    let mut t = std::net::TcpStream::connect(&tcp).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    t.write_all(b"ECHO tcp\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    let n = t.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"$3\r\ntcp\r\n");
+}
+
+/// redis-cli and redis-benchmark (from redis-tools) work through the binary.
+#[test]
+fn redis_cli_and_redis_benchmark_through_the_binary() {
+    let redis = RedisServer::start();
+    let port = common::free_port();
+    let _child = Guard(
+        respipe()
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--upstream",
+                &redis.url(),
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cli(&["PING"]) != "PONG" {
+        assert!(Instant::now() < deadline, "proxy never answered redis-cli");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(cli(&["SET", "k", "v"]), "OK");
+    assert_eq!(cli(&["GET", "k"]), "v");
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-c",
+            "20",
+            "-n",
+            "20000",
+            "-t",
+            "set,get,incr",
+            "--csv",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let csv = String::from_utf8_lossy(&out.stdout);
+    for t in ["\"SET\"", "\"GET\"", "\"INCR\""] {
+        assert!(csv.contains(t), "{csv}");
+    }
+    // redis-benchmark INCRs key:__rand_int__ ("counter:__rand_int__" for INCR): with the
+    // default keyspace of one key, all 20,000 INCRs hit the same counter.
+    assert_eq!(cli(&["GET", "counter:__rand_int__"]), "20000");
+}
