@@ -55,7 +55,8 @@ fn help_explains_every_flag() {
 
 #[test]
 fn invalid_config_exits_2_with_a_clear_error() {
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let cases: &[(&[&str], Env, &str)] = &[
         (
             &["--upstream-conns", "0"],
             &[],

@@ -297,7 +297,7 @@ mod tests {
         let mut s = RequestScanner::new();
         let head = b"*2\r\n$3\r\nSET\r\n$1000000\r\nab";
         assert_eq!(s.scan(head).unwrap(), None);
-        assert_eq!(s.wanted(head), Some(24 + 1_000_000 + 2));
+        assert_eq!(s.wanted(head), Some(23 + 1_000_000 + 2));
     }
 
     #[test]
