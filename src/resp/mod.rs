@@ -107,3 +107,6 @@ mod encode_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests;
