@@ -143,7 +143,7 @@ async fn select_is_per_client() {
     let v: String = direct.get("k").await.unwrap();
     assert_eq!(v, "in-db-3");
     // Redis's own wording for bad indexes.
-    a.send(b"SELECT x\r\nSELECT 16\r\nSELECT -1\r\nSELECT\r\n")
+    a.send(b"SELECT x\r\nSELECT 16\r\nSELECT -1\r\nSELECT\r\nSELECT 99999999999\r\nSELECT 01\r\n")
         .await;
     assert_eq!(
         a.reply_text().await,
@@ -154,6 +154,14 @@ async fn select_is_per_client() {
     assert_eq!(
         a.reply_text().await,
         "-ERR wrong number of arguments for 'select' command\r\n"
+    );
+    assert_eq!(
+        a.reply_text().await,
+        "-ERR value is out of range, value must between -2147483648 and 2147483647\r\n"
+    );
+    assert_eq!(
+        a.reply_text().await,
+        "-ERR value is not an integer or out of range\r\n"
     );
 }
 

@@ -62,26 +62,26 @@ impl BatchQueue {
             (c + q.slot.remaining() as usize, b + q.bytes.len())
         });
         if batch.is_empty() {
-            let first = match self.carry.take() {
-                Some(c) => c,
+            let (first, woken) = match self.carry.take() {
+                Some(c) => (c, false),
                 None => match self.rx.try_recv() {
-                    Ok(c) => c,
-                    Err(_) => {
-                        let Some(c) = self.rx.recv().await else {
-                            return false;
-                        };
-                        // Woken by a submit: tokio runs the woken task next (its LIFO
-                        // slot), before the other sessions that are ready to submit.
-                        // Yielding once lets them run first, so the write carries
-                        // everything that is ready instead of one command.
-                        tokio::task::yield_now().await;
-                        c
-                    }
+                    Ok(c) => (c, false),
+                    Err(_) => match self.rx.recv().await {
+                        Some(c) => (c, true),
+                        None => return false,
+                    },
                 },
             };
             cmds += first.slot.remaining() as usize;
             bytes += first.bytes.len();
             batch.push(first);
+            if woken {
+                // Woken by a submit: tokio runs the woken task next (its LIFO slot),
+                // before the other sessions that are ready to submit. Yielding once lets
+                // them run first, so the write carries everything that is ready instead
+                // of one command. (The run is already in `batch`: cancel-safe.)
+                tokio::task::yield_now().await;
+            }
         }
         let mut full = self.drain(policy, batch, &mut cmds, &mut bytes);
         if !full && !policy.window.is_zero() {

@@ -15,6 +15,9 @@ use crate::batch::{QueuedCommands, ReplySink, ReplySlot};
 
 /// Error replies for `SELECT`, worded as Redis words them.
 pub const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
+/// `SELECT` of a number that does not fit Redis's `int`.
+pub const ERR_INT_RANGE: &str =
+    "ERR value is out of range, value must between -2147483648 and 2147483647";
 /// `SELECT` past the upstream's `databases`.
 pub const ERR_DB_RANGE: &str = "ERR DB index is out of range";
 
@@ -98,9 +101,11 @@ impl Router {
     /// to that database's connection set (made on first use).
     pub fn select(&self, route: &mut SessionRoute, db: &[u8]) -> Result<(), &'static str> {
         let db = crate::resp::request::parse_i64(db).ok_or(ERR_NOT_INTEGER)?;
-        if db < 0 || db > i64::from(i32::MAX) {
+        let db = i32::try_from(db).map_err(|_| ERR_INT_RANGE)?;
+        if db < 0 {
             return Err(ERR_DB_RANGE);
         }
+        let db = i64::from(db);
         if self.shared.databases().is_some_and(|n| db >= i64::from(n)) {
             return Err(ERR_DB_RANGE);
         }
