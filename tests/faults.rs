@@ -276,3 +276,54 @@ async fn http_request_lines_are_dropped() {
     let pong: String = redis::cmd("PING").query_async(&mut other).await.unwrap();
     assert_eq!(pong, "PONG");
 }
+
+/// A client that pipelines GETs of a 1 MiB value and never reads does not stall the
+/// shared upstream reader: another client on the same upstream connection keeps getting
+/// answers, and the stuck client is disconnected at its output limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_stalls_nobody() {
+    let redis = RedisServer::start();
+    // One upstream connection, so both clients certainly share its reader.
+    let proxy = Proxy::start_with(&redis, |a| {
+        a.upstream_conns = Some(1);
+        a.client_output_limit = Some(16 << 20);
+    })
+    .await;
+    let mut good = proxy.conn().await;
+    let _: () = good.set("big", vec![7u8; 1 << 20]).await.unwrap();
+    let mut stuck = proxy.raw().await;
+    let mut burst = Vec::new();
+    for _ in 0..200 {
+        burst.extend_from_slice(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n");
+    }
+    stuck.send(&burst).await; // 200 MiB of replies, never read
+    let started = Instant::now();
+    for i in 0..200 {
+        let v: i64 = good.incr("n", 1).await.unwrap();
+        assert_eq!(v, i + 1);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    // The stuck client was cut off at its limit rather than buffered without bound.
+    let mut closed = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = vec![0u8; 1 << 20];
+        match tokio::time::timeout(Duration::from_secs(5), stuck.stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(_)) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(
+        closed,
+        "a client over its output limit should be disconnected"
+    );
+}
