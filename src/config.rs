@@ -4,12 +4,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
 
 use crate::batch::FlushPolicy;
+use crate::client::auth::ClientAuth;
 use crate::client::{ListenAddr, SessionLimits};
 use crate::upstream::address::{AddrError, UpstreamAddr};
 
@@ -32,6 +34,10 @@ pub mod defaults {
     pub const CLIENT_OUTPUT_LIMIT: usize = 1 << 30;
     /// Upstream connect + handshake timeout in milliseconds.
     pub const CONNECT_TIMEOUT_MS: u64 = 3000;
+    /// Dedicated connections (transactions, blocking calls, pub/sub) at most.
+    pub const MAX_DEDICATED_CONNS: usize = 64;
+    /// How long a command waits for a free dedicated connection, in milliseconds.
+    pub const DEDICATED_WAIT_MS: u64 = 2000;
 }
 
 /// respipe: a Redis proxy that merges the commands of all its clients into pipelines.
@@ -78,6 +84,22 @@ pub struct Args {
     #[arg(long, env = "RESPIPE_THREADS")]
     pub threads: Option<usize>,
 
+    /// Dedicated upstream connections (transactions, blocking calls, pub/sub) at most [default: 64]
+    #[arg(long, env = "RESPIPE_MAX_DEDICATED_CONNS")]
+    pub max_dedicated_conns: Option<usize>,
+
+    /// How long a command waits for a free dedicated connection before an error, in ms [default: 2000]
+    #[arg(long, env = "RESPIPE_DEDICATED_WAIT_MS")]
+    pub dedicated_wait_ms: Option<u64>,
+
+    /// Password clients must AUTH with (as the default user) [default: none, no AUTH needed]
+    #[arg(long, env = "RESPIPE_CLIENT_PASSWORD", hide_env_values = true)]
+    pub client_password: Option<String>,
+
+    /// File of "user password" lines: users clients may AUTH as (AUTH user pass)
+    #[arg(long, env = "RESPIPE_USERS_FILE")]
+    pub users_file: Option<PathBuf>,
+
     /// TOML file with any of these settings (keys as the long flags: upstream-conns = 4)
     #[arg(long, env = "RESPIPE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -97,6 +119,10 @@ struct FileConfig {
     client_output_limit: Option<usize>,
     connect_timeout_ms: Option<u64>,
     threads: Option<usize>,
+    max_dedicated_conns: Option<usize>,
+    dedicated_wait_ms: Option<u64>,
+    client_password: Option<String>,
+    users_file: Option<PathBuf>,
 }
 
 /// A configuration that was checked and is ready to run.
@@ -118,6 +144,12 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Worker threads; `None` for one per CPU.
     pub threads: Option<usize>,
+    /// Dedicated connections at most.
+    pub max_dedicated_conns: usize,
+    /// How long a command waits for a dedicated connection.
+    pub dedicated_wait: Duration,
+    /// Who may connect.
+    pub auth: Arc<ClientAuth>,
 }
 
 /// A setting that cannot be used. Reported on stderr; the process exits with status 2.
@@ -141,6 +173,8 @@ pub enum ConfigError {
     Metrics(String),
     #[error("--{0} must be at least 1")]
     Zero(&'static str),
+    #[error("--users-file {path}: {msg}")]
+    Users { path: PathBuf, msg: String },
 }
 
 impl Config {
@@ -216,7 +250,34 @@ impl Config {
             max_run_bytes: max_batch_bytes,
             ..SessionLimits::default()
         };
+        let max_dedicated_conns = positive(
+            "max-dedicated-conns",
+            args.max_dedicated_conns.or(file.max_dedicated_conns),
+            defaults::MAX_DEDICATED_CONNS,
+        )?;
+        let dedicated_wait = Duration::from_millis(
+            args.dedicated_wait_ms
+                .or(file.dedicated_wait_ms)
+                .unwrap_or(defaults::DEDICATED_WAIT_MS),
+        );
+        let mut auth = ClientAuth::default();
+        if let Some(p) = args.client_password.or(file.client_password) {
+            auth.set_default_password(p);
+        }
+        if let Some(path) = args.users_file.or(file.users_file) {
+            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Users {
+                path: path.clone(),
+                msg: e.to_string(),
+            })?;
+            auth.load_users(&text).map_err(|msg| ConfigError::Users {
+                path: path.clone(),
+                msg,
+            })?;
+        }
         Ok(Self {
+            max_dedicated_conns,
+            dedicated_wait,
+            auth: Arc::new(auth),
             listen,
             upstream,
             upstream_conns,

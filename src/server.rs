@@ -7,6 +7,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::client::listener::listen;
+use crate::client::session::SessionEnv;
 use crate::client::BoundAddr;
 use crate::config::Config;
 use crate::upstream::{Router, UpstreamShared};
@@ -50,13 +51,22 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         config.flush.clone(),
         config.connect_timeout,
     );
-    let router = Router::start(shared, config.upstream_conns);
-    let limits = Arc::new(config.limits.clone());
+    let router = Router::start(
+        shared,
+        config.upstream_conns,
+        config.max_dedicated_conns,
+        config.dedicated_wait,
+    );
+    let env = SessionEnv {
+        router: router.clone(),
+        limits: Arc::new(config.limits.clone()),
+        auth: config.auth.clone(),
+    };
     let ids = Arc::new(AtomicU64::new(1));
     let mut bound = Vec::new();
     let mut accept_loops = Vec::new();
     for addr in &config.listen {
-        let (b, task) = listen(addr, router.clone(), limits.clone(), ids.clone())
+        let (b, task) = listen(addr, env.clone(), ids.clone())
             .await
             .map_err(|source| ServerError {
                 addr: addr.to_string(),

@@ -217,52 +217,6 @@ async fn protocol_garbage_closes_only_that_client() {
     }
 }
 
-/// Commands that need connection state are refused by name and the session goes on;
-/// XREAD is shared unless it blocks.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stateful_commands_are_refused_not_forwarded() {
-    let redis = RedisServer::start();
-    let proxy = Proxy::start(&redis).await;
-    let mut raw = proxy.raw().await;
-    for cmd in [
-        "MULTI",
-        "exec",
-        "WATCH k",
-        "BLPOP q 0",
-        "SUBSCRIBE ch",
-        "MONITOR",
-        "HELLO 3",
-        "AUTH pw",
-        "CLIENT REPLY OFF",
-        "XREAD BLOCK 0 STREAMS s $",
-        "WAIT 0 0",
-        "RESET",
-    ] {
-        raw.send(format!("{cmd}\r\n").as_bytes()).await;
-        let name = cmd.split(' ').next().unwrap();
-        let reply = raw.reply_text().await;
-        assert!(
-            reply.starts_with(&format!("-ERR '{name}' is not supported by respipe yet")),
-            "{cmd}: {reply:?}"
-        );
-    }
-    raw.send(b"XADD s * f v\r\nXREAD COUNT 1 STREAMS s 0\r\nPING\r\n")
-        .await;
-    assert!(raw.reply_text().await.starts_with('$'));
-    assert!(raw.reply_text().await.starts_with("*1\r\n"));
-    assert_eq!(raw.reply_text().await, "+PONG\r\n");
-    // Nothing reached Redis on a shared connection: no client there is in MULTI or blocked.
-    let mut direct = common::connect(&redis.direct()).await;
-    let blocked: String = redis::cmd("INFO")
-        .arg("clients")
-        .query_async(&mut direct)
-        .await
-        .unwrap();
-    assert!(blocked.contains("blocked_clients:0"), "{blocked}");
-    let v: Option<String> = direct.get("k").await.unwrap();
-    assert_eq!(v, None);
-}
-
 /// HTTP request lines close the connection, as on Redis, and never reach Redis (where
 /// they would close a shared connection).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,6 +44,8 @@ pub struct ReplySink {
     output_limit: usize,
     /// Wakes the session reader paused on `awaiting`.
     resumed: Notify,
+    /// Wakes a session waiting for all its commands to be answered.
+    drained: Notify,
     pause_at: usize,
 }
 
@@ -65,6 +67,7 @@ impl ReplySink {
             overflowed: AtomicBool::new(false),
             output_limit,
             resumed: Notify::new(),
+            drained: Notify::new(),
             pause_at: pause_at.max(1),
         });
         (sink, rx)
@@ -96,6 +99,40 @@ impl ReplySink {
         }
     }
 
+    /// Waits until every command submitted upstream has its reply delivered. A session
+    /// calls this before moving to another connection, so that its commands run on Redis
+    /// in the order it sent them.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.awaiting.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Output of a dedicated connection in streaming mode (pub/sub messages, MONITOR):
+    /// written at position `seq`, which it does not complete.
+    pub fn stream(&self, seq: u64, bytes: Bytes) {
+        self.push(ReplyChunk {
+            first_seq: seq,
+            count: 0,
+            bytes,
+            close_after: false,
+        });
+    }
+
+    /// Ends the stream at `seq`: the replies after it may be written.
+    pub fn stream_end(&self, seq: u64) {
+        self.push(ReplyChunk {
+            first_seq: seq,
+            count: 1,
+            bytes: Bytes::new(),
+            close_after: false,
+        });
+    }
+
     /// Marks `bytes` as written to the client.
     pub fn written(&self, bytes: usize) {
         self.unwritten.fetch_sub(bytes, Ordering::Relaxed);
@@ -110,6 +147,9 @@ impl ReplySink {
         let before = self.awaiting.fetch_sub(count as usize, Ordering::AcqRel);
         if before >= self.pause_at && before - (count as usize) < self.pause_at {
             self.resumed.notify_one();
+        }
+        if before == count as usize {
+            self.drained.notify_one();
         }
         self.push(ReplyChunk {
             first_seq,
@@ -145,6 +185,8 @@ pub struct ReplySlot {
     sink: Arc<ReplySink>,
     next_seq: u64,
     remaining: u64,
+    /// `CLIENT REPLY OFF/SKIP`: the replies are consumed but not written.
+    silent: bool,
 }
 
 impl ReplySlot {
@@ -155,7 +197,14 @@ impl ReplySlot {
             sink,
             next_seq: first_seq,
             remaining: count,
+            silent: false,
         }
+    }
+
+    /// The same slot, with its replies dropped instead of written (`CLIENT REPLY OFF`).
+    pub fn silenced(mut self, silent: bool) -> Self {
+        self.silent = silent;
+        self
     }
 
     /// Replies still expected.
@@ -166,6 +215,7 @@ impl ReplySlot {
     /// Delivers the next `count` replies, `bytes` holding exactly those.
     pub fn complete(&mut self, count: u64, bytes: Bytes) {
         debug_assert!(count <= self.remaining);
+        let bytes = if self.silent { Bytes::new() } else { bytes };
         self.sink.deliver(self.next_seq, count, bytes);
         self.next_seq += count;
         self.remaining -= count;

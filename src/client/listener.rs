@@ -10,8 +10,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::session::{serve, SessionLimits};
-use crate::upstream::Router;
+use super::session::{serve, Peer, SessionEnv};
 
 /// Where to accept clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,8 +60,7 @@ pub enum BoundAddr {
 /// Binds `addr` and spawns its accept loop.
 pub async fn listen(
     addr: &ListenAddr,
-    router: Arc<Router>,
-    limits: Arc<SessionLimits>,
+    env: SessionEnv,
     ids: Arc<AtomicU64>,
 ) -> std::io::Result<(BoundAddr, JoinHandle<()>)> {
     match addr {
@@ -80,8 +78,13 @@ pub async fn listen(
                             let _ = s.set_nodelay(true);
                             let id = ids.fetch_add(1, Ordering::Relaxed);
                             debug!(client = id, %peer, "client connected");
+                            let peer = Peer {
+                                id,
+                                addr: peer.to_string(),
+                                local: bound.to_string(),
+                            };
                             let (rd, wr) = s.into_split();
-                            tokio::spawn(serve(rd, wr, router.clone(), limits.clone(), id));
+                            tokio::spawn(serve(rd, wr, env.clone(), peer));
                         }
                         Err(e) => accept_failed(e).await,
                     }
@@ -92,6 +95,7 @@ pub async fn listen(
         ListenAddr::Unix(path) => {
             remove_stale_socket(path);
             let l = UnixListener::bind(path)?;
+            let local = path.display().to_string();
             info!(listen = %path.display(), "accepting clients on unix socket");
             let task = tokio::spawn(async move {
                 loop {
@@ -99,8 +103,13 @@ pub async fn listen(
                         Ok((s, _)) => {
                             let id = ids.fetch_add(1, Ordering::Relaxed);
                             debug!(client = id, "client connected (unix)");
+                            let peer = Peer {
+                                id,
+                                addr: "/unixsocket:0".into(),
+                                local: local.clone(),
+                            };
                             let (rd, wr) = s.into_split();
-                            tokio::spawn(serve(rd, wr, router.clone(), limits.clone(), id));
+                            tokio::spawn(serve(rd, wr, env.clone(), peer));
                         }
                         Err(e) => accept_failed(e).await,
                     }

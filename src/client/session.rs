@@ -1,22 +1,28 @@
-//! One client connection: a reader that frames commands and hands runs of them to the
-//! router, and a writer that puts the replies back in the client's order.
+//! One client connection: a reader that frames commands and routes them, and a writer
+//! that puts the replies back in the client's order.
 //!
-//! Every command gets a sequence number. Replies come back in chunks tagged with the
-//! sequence numbers they answer, possibly from several upstream connections (after a
-//! `SELECT`, or a reroute on failure), and the writer releases them strictly in order.
+//! Every command gets a sequence number. Stateless commands leave in runs to the router's
+//! shared pipelines; per-client state (database, protocol, name, reply mode, login) is kept
+//! here (`context.rs`); transactions, blocking calls, pub/sub and MONITOR move the session
+//! onto a leased dedicated connection (`modes.rs`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
 
-use crate::batch::{ReplyChunk, ReplySink, WriteBuffer};
-use crate::resp::command::{classify, CommandClass};
+use super::auth::{ClientAuth, NOAUTH};
+use super::modes::Leased;
+use super::writer::write_replies;
+use crate::batch::{ReplySink, ReplySlot};
+use crate::resp::command::{classify, classify_sub, CommandClass, Ctx};
+use crate::resp::encode::Proto;
 use crate::resp::request::{Request, RequestScanner};
-use crate::resp::{command_args, encode_command, error_reply, OK};
+use crate::resp::{command_args, encode_command, error_reply};
+use crate::upstream::reader::InFlight;
 use crate::upstream::{Router, SessionRoute};
 
 /// Per-session limits, from the config.
@@ -47,30 +53,46 @@ impl Default for SessionLimits {
     }
 }
 
+/// Who the client is, for `CLIENT INFO`.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Session id (`CLIENT ID`).
+    pub id: u64,
+    /// Client address.
+    pub addr: String,
+    /// Listener address.
+    pub local: String,
+}
+
+/// What a session needs from the server.
+#[derive(Debug, Clone)]
+pub struct SessionEnv {
+    /// The router.
+    pub router: Arc<Router>,
+    /// Limits.
+    pub limits: Arc<SessionLimits>,
+    /// Client logins.
+    pub auth: Arc<ClientAuth>,
+}
+
 /// Read buffer size for client input.
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Serves one client until it disconnects, quits, or is closed for an error.
-pub async fn serve<R, W>(rd: R, wr: W, router: Arc<Router>, limits: Arc<SessionLimits>, id: u64)
+pub async fn serve<R, W>(rd: R, wr: W, env: SessionEnv, peer: Peer)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let (sink, rx) = ReplySink::new(limits.max_awaiting, limits.output_limit);
+    let (sink, rx) = ReplySink::new(env.limits.max_awaiting, env.limits.output_limit);
     let (end_tx, end_rx) = oneshot::channel();
-    let route = router.new_route(id as usize);
-    let mut reader = Reader {
-        router,
-        sink: sink.clone(),
-        route,
-        limits,
-        seq: 0,
-        scanner: RequestScanner::new(),
-        id,
-    };
+    let mut session = Session::new(env, sink.clone(), peer);
     let read = async move {
-        reader.run(rd).await;
-        let _ = end_tx.send(reader.seq);
+        session.run(rd).await;
+        if let Some(l) = session.leased.take() {
+            l.finish().await;
+        }
+        let _ = end_tx.send(session.seq);
         // Stay pending: the writer decides when the session ends.
         std::future::pending::<()>().await
     };
@@ -78,30 +100,81 @@ where
         _ = read => {}
         r = write_replies(wr, rx, &sink, end_rx) => {
             if let Err(e) = r {
-                debug!(client = id, error = %e, "client write failed");
+                debug!(error = %e, "client write failed");
             }
         }
     }
 }
 
-/// What to do after processing input.
-enum Flow {
+/// What to do after a command.
+pub(crate) enum Flow {
     Continue,
     Close,
 }
 
-struct Reader {
-    router: Arc<Router>,
-    sink: Arc<ReplySink>,
-    route: SessionRoute,
-    limits: Arc<SessionLimits>,
-    /// Sequence number of the next command.
-    seq: u64,
-    scanner: RequestScanner,
-    id: u64,
+/// `CLIENT REPLY` state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplyMode {
+    On,
+    Off,
+    /// Drop the reply of the next command only.
+    Skip,
 }
 
-impl Reader {
+/// The reader side of a session and all the per-client state the proxy keeps.
+pub(crate) struct Session {
+    pub(crate) router: Arc<Router>,
+    pub(crate) sink: Arc<ReplySink>,
+    pub(crate) route: SessionRoute,
+    pub(crate) limits: Arc<SessionLimits>,
+    pub(crate) auth: Arc<ClientAuth>,
+    pub(crate) peer: Peer,
+    pub(crate) started: Instant,
+    /// Sequence number of the next command.
+    pub(crate) seq: u64,
+    scanner: RequestScanner,
+    pub(crate) authed: bool,
+    pub(crate) name: Option<Bytes>,
+    pub(crate) lib_name: Option<Bytes>,
+    pub(crate) lib_ver: Option<Bytes>,
+    pub(crate) reply: ReplyMode,
+    /// Whether the command being handled has its reply dropped (`CLIENT REPLY`).
+    pub(crate) silent: bool,
+    /// A dedicated connection, while the session holds connection state.
+    pub(crate) leased: Option<Leased>,
+    pub(crate) syncs: u64,
+}
+
+/// Consecutive commands at the front of the read buffer that leave together.
+#[derive(Default)]
+struct Run {
+    commands: usize,
+    bytes: usize,
+}
+
+impl Session {
+    fn new(env: SessionEnv, sink: Arc<ReplySink>, peer: Peer) -> Self {
+        Self {
+            route: env.router.new_route(peer.id as usize),
+            router: env.router,
+            sink,
+            limits: env.limits,
+            authed: !env.auth.required(),
+            auth: env.auth,
+            syncs: peer.id << 32,
+            peer,
+            started: Instant::now(),
+            seq: 0,
+            scanner: RequestScanner::new(),
+            name: None,
+            lib_name: None,
+            lib_ver: None,
+            reply: ReplyMode::On,
+            silent: false,
+            leased: None,
+        }
+    }
+
     async fn run<R: AsyncRead + Unpin>(&mut self, mut rd: R) {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         loop {
@@ -111,20 +184,20 @@ impl Reader {
                 Ok(0) => return,
                 Ok(_) => {}
                 Err(e) => {
-                    debug!(client = self.id, error = %e, "client read failed");
+                    debug!(client = self.peer.id, error = %e, "client read failed");
                     return;
                 }
             }
-            if let Flow::Close = self.process(&mut buf) {
+            if let Flow::Close = self.process(&mut buf, &mut rd).await {
                 return;
             }
             if buf.len() > self.limits.query_limit {
                 warn!(
-                    client = self.id,
+                    client = self.peer.id,
                     bytes = buf.len(),
                     "closing client that reached max query buffer length"
                 );
-                self.local(Bytes::new(), true);
+                self.local_close(Bytes::new());
                 return;
             }
         }
@@ -142,214 +215,194 @@ impl Reader {
         }
     }
 
+    /// True when plain commands may leave in runs without looking at each one further.
+    fn fast_path(&self) -> bool {
+        self.authed
+            && self.reply == ReplyMode::On
+            && self.leased.as_ref().is_none_or(Leased::takes_runs)
+    }
+
     /// Frames every complete request in `buf`. Consecutive shared commands leave as one
-    /// run (one split of the buffer, one queue entry); anything else ends the run.
-    fn process(&mut self, buf: &mut BytesMut) -> Flow {
+    /// run (one split of the buffer, one queue entry); anything else is handled alone.
+    async fn process<R: AsyncRead + Unpin>(&mut self, buf: &mut BytesMut, rd: &mut R) -> Flow {
         let mut run = Run::default();
         loop {
             let request = match self.scanner.scan(&buf[run.bytes..]) {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => {
-                    self.flush_run(buf, &mut run);
-                    debug!(client = self.id, error = %e, "protocol error");
-                    self.local(error_reply(&format!("ERR {e}")), true);
+                    self.flush_run(buf, &mut run).await;
+                    debug!(client = self.peer.id, error = %e, "protocol error");
+                    self.local_close(error_reply(&format!("ERR {e}")));
                     return Flow::Close;
                 }
             };
-            match request {
+            let (frame, args, class) = match request {
                 Request::Multibulk { len, name, .. } => {
                     let frame = &buf[run.bytes..run.bytes + len];
-                    let class = effective_class(&frame[name.clone()], || {
-                        command_args(&Bytes::copy_from_slice(frame))
-                    });
-                    if class == CommandClass::Shared {
-                        run.add(len);
+                    let class = classify(&frame[name.clone()]);
+                    if class == CommandClass::Shared && self.fast_path() {
+                        run.commands += 1;
+                        run.bytes += len;
                         if run.commands >= self.limits.max_run_commands
                             || run.bytes >= self.limits.max_run_bytes
                         {
-                            self.flush_run(buf, &mut run);
+                            self.flush_run(buf, &mut run).await;
                         }
                         continue;
                     }
-                    self.flush_run(buf, &mut run);
+                    self.flush_run(buf, &mut run).await;
                     let frame = buf.split_to(len).freeze();
                     let args = command_args(&frame);
-                    if let Flow::Close = self.special(class, &args) {
-                        return Flow::Close;
-                    }
+                    (frame, args, class)
                 }
                 Request::Empty { len } => {
-                    self.flush_run(buf, &mut run);
+                    self.flush_run(buf, &mut run).await;
                     buf.advance(len);
+                    continue;
                 }
                 Request::Inline { len, args } => {
-                    self.flush_run(buf, &mut run);
+                    self.flush_run(buf, &mut run).await;
                     buf.advance(len);
                     let args: Vec<Bytes> = args.into_iter().map(Bytes::from).collect();
-                    let class = effective_class(&args[0], || args.clone());
-                    if class == CommandClass::Shared {
-                        let frame = encode_command(&args);
-                        self.submit(frame, 1);
-                    } else if let Flow::Close = self.special(class, &args) {
-                        return Flow::Close;
-                    }
+                    let class = classify(&args[0]);
+                    (encode_command(&args), args, class)
                 }
+            };
+            let class = match class {
+                CommandClass::Container => {
+                    classify_sub(&args[0], args.get(1).map_or(&b""[..], |a| a))
+                }
+                c => c,
+            };
+            // Boxed: the slow path's state machine is large, and keeping it out of the
+            // session's future keeps that small (it is polled for every command).
+            if let Flow::Close = Box::pin(self.dispatch(class, frame, &args, buf, rd)).await {
+                return Flow::Close;
             }
         }
-        self.flush_run(buf, &mut run);
+        self.flush_run(buf, &mut run).await;
         Flow::Continue
     }
 
-    fn flush_run(&mut self, buf: &mut BytesMut, run: &mut Run) {
+    async fn flush_run(&mut self, buf: &mut BytesMut, run: &mut Run) {
         if run.commands > 0 {
             let bytes = buf.split_to(run.bytes).freeze();
-            self.submit(bytes, run.commands as u64);
+            self.forward(bytes, run.commands as u64).await;
         }
         *run = Run::default();
     }
 
-    fn submit(&mut self, bytes: Bytes, count: u64) {
-        self.router
-            .submit(&self.route, &self.sink, bytes, self.seq, count);
+    /// Sends `count` commands where the session's commands go now: its leased connection,
+    /// or the shared pipelines.
+    pub(crate) async fn forward(&mut self, bytes: Bytes, count: u64) {
+        let silent = self.silent;
+        let first = self.seq;
         self.seq += count;
+        match self.leased.as_mut() {
+            Some(l) => {
+                let slot = ReplySlot::new(self.sink.clone(), first, count).silenced(silent);
+                l.send(&bytes, InFlight::Slot(slot)).await;
+            }
+            None => self
+                .router
+                .submit(&self.route, &self.sink, bytes, first, count, silent),
+        }
     }
 
-    /// A reply the session makes itself, in sequence with forwarded ones.
-    fn local(&mut self, reply: Bytes, close_after: bool) {
-        self.sink.local(self.seq, reply, close_after);
+    /// Handles one command that is not on the fast path.
+    async fn dispatch<R: AsyncRead + Unpin>(
+        &mut self,
+        class: CommandClass,
+        frame: Bytes,
+        args: &[Bytes],
+        buf: &mut BytesMut,
+        rd: &mut R,
+    ) -> Flow {
+        self.silent = match self.reply {
+            ReplyMode::On => false,
+            ReplyMode::Off => true,
+            ReplyMode::Skip => {
+                self.reply = ReplyMode::On;
+                true
+            }
+        };
+        let flow = self.dispatch_inner(class, frame, args, buf, rd).await;
+        self.silent = false;
+        flow
+    }
+
+    async fn dispatch_inner<R: AsyncRead + Unpin>(
+        &mut self,
+        class: CommandClass,
+        frame: Bytes,
+        args: &[Bytes],
+        buf: &mut BytesMut,
+        rd: &mut R,
+    ) -> Flow {
+        if !self.authed
+            && !matches!(
+                class,
+                CommandClass::Context(Ctx::Auth | Ctx::Hello | Ctx::Quit | Ctx::Reset)
+            )
+        {
+            self.local(error_reply(NOAUTH));
+            return Flow::Continue;
+        }
+        if self.leased.is_some() {
+            return self.in_leased(class, frame, args, buf, rd).await;
+        }
+        match class {
+            CommandClass::Shared | CommandClass::Container => {
+                self.forward(frame, 1).await;
+                Flow::Continue
+            }
+            CommandClass::Context(c) => self.context(c, args).await,
+            CommandClass::Dedicated(d) => self.dedicated(d, frame, args, buf, rd).await,
+            CommandClass::Refused => {
+                let name = String::from_utf8_lossy(&args[0]).into_owned();
+                let sub = args
+                    .get(1)
+                    .map(|s| format!(" {}", String::from_utf8_lossy(s)))
+                    .unwrap_or_default();
+                let what = if class_is_tracking(args) {
+                    format!("{name}{sub}")
+                } else {
+                    name
+                };
+                self.local(error_reply(&format!(
+                    "ERR '{what}' is not supported by respipe (it needs a connection of its own that a proxy cannot give it; connect to Redis directly)"
+                )));
+                Flow::Continue
+            }
+            CommandClass::Hostile => {
+                warn!(client = self.peer.id, "possible cross-protocol attack (HTTP request line); closing connection, as Redis does");
+                self.local_close(Bytes::new());
+                Flow::Close
+            }
+        }
+    }
+
+    /// A reply the session makes itself, in sequence with forwarded ones (dropped, but
+    /// still counted, under `CLIENT REPLY OFF/SKIP`).
+    pub(crate) fn local(&mut self, reply: Bytes) {
+        let reply = if self.silent { Bytes::new() } else { reply };
+        self.sink.local(self.seq, reply, false);
         self.seq += 1;
     }
 
-    /// Commands the session handles itself rather than forward.
-    fn special(&mut self, class: CommandClass, args: &[Bytes]) -> Flow {
-        let name = args
-            .first()
-            .map(|n| String::from_utf8_lossy(n).into_owned())
-            .unwrap_or_default();
-        match class {
-            CommandClass::Select => {
-                let reply = match args {
-                    [_, db] => match self.router.select(&mut self.route, db) {
-                        Ok(()) => OK,
-                        Err(e) => error_reply(e),
-                    },
-                    _ => error_reply(&format!(
-                        "ERR wrong number of arguments for '{}' command",
-                        name.to_ascii_lowercase()
-                    )),
-                };
-                self.local(reply, false);
-                Flow::Continue
-            }
-            CommandClass::Quit => {
-                self.local(OK, true);
-                Flow::Close
-            }
-            CommandClass::Hostile => {
-                warn!(client = self.id, command = %name, "possible cross-protocol attack (HTTP request line); closing connection, as Redis does");
-                self.local(Bytes::new(), true);
-                Flow::Close
-            }
-            CommandClass::Unsupported | CommandClass::BlockingWithArg | CommandClass::Shared => {
-                let text = format!(
-                    "ERR '{name}' is not supported by respipe yet: it needs connection state that a shared pipeline cannot keep"
-                );
-                self.local(error_reply(&text), false);
-                Flow::Continue
-            }
-        }
+    /// A last reply, after which the connection closes.
+    pub(crate) fn local_close(&mut self, reply: Bytes) {
+        self.sink.local(self.seq, reply, true);
+        self.seq += 1;
+    }
+
+    /// The client's protocol.
+    pub(crate) fn proto(&self) -> Proto {
+        self.route.proto()
     }
 }
 
-/// The class that applies to this call: `XREAD … BLOCK` blocks, plain `XREAD` does not.
-fn effective_class(name: &[u8], args: impl FnOnce() -> Vec<Bytes>) -> CommandClass {
-    match classify(name) {
-        CommandClass::BlockingWithArg => {
-            if args()
-                .iter()
-                .skip(1)
-                .any(|a| a.eq_ignore_ascii_case(b"block"))
-            {
-                CommandClass::Unsupported
-            } else {
-                CommandClass::Shared
-            }
-        }
-        c => c,
-    }
-}
-
-/// Consecutive shared commands at the front of the read buffer.
-#[derive(Default)]
-struct Run {
-    commands: usize,
-    bytes: usize,
-}
-
-impl Run {
-    fn add(&mut self, len: usize) {
-        self.commands += 1;
-        self.bytes += len;
-    }
-}
-
-/// Writes replies in sequence order. Returns when the reader has finished and every
-/// reply it is owed was written, after a closing reply, or when the client exceeded its
-/// output limit.
-async fn write_replies<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    mut rx: mpsc::UnboundedReceiver<ReplyChunk>,
-    sink: &ReplySink,
-    mut reader_end: oneshot::Receiver<u64>,
-) -> std::io::Result<()> {
-    let mut next = 0u64;
-    let mut early: BTreeMap<u64, ReplyChunk> = BTreeMap::new();
-    let mut out = WriteBuffer::new();
-    let mut end: Option<u64> = None;
-    loop {
-        if end.is_some_and(|e| next >= e) {
-            return Ok(());
-        }
-        let first = tokio::select! {
-            c = rx.recv() => match c {
-                Some(c) => c,
-                None => return Ok(()),
-            },
-            r = &mut reader_end, if end.is_none() => {
-                end = Some(r.unwrap_or(next));
-                continue;
-            }
-        };
-        let (mut close, mut written) = (false, 0usize);
-        let mut chunk = Some(first);
-        while let Some(c) = chunk.take() {
-            if c.first_seq != next {
-                early.insert(c.first_seq, c);
-            } else {
-                let mut ready = Some(c);
-                while let Some(r) = ready.take() {
-                    next = r.first_seq + r.count;
-                    written += r.bytes.len();
-                    out.put(&mut wr, &r.bytes).await?;
-                    close |= r.close_after;
-                    ready = early.remove(&next);
-                }
-            }
-            if close || sink.overflowed() {
-                break;
-            }
-            chunk = rx.try_recv().ok();
-        }
-        out.flush(&mut wr).await?;
-        sink.written(written);
-        if sink.overflowed() {
-            info!("closing client whose unread replies exceeded the output limit");
-            return Ok(());
-        }
-        if close {
-            let _ = wr.shutdown().await;
-            return Ok(());
-        }
-    }
+fn class_is_tracking(args: &[Bytes]) -> bool {
+    args.len() > 1 && args[0].eq_ignore_ascii_case(b"client")
 }

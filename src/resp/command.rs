@@ -1,91 +1,94 @@
-//! The command table: which commands may share a pipelined upstream connection.
+//! Command classes: which commands may share a pipelined upstream connection.
 //!
-//! One table, as data. A command absent from it is stateless and shared (that covers
-//! module commands and commands newer than this table). The entries are the exceptions:
-//! commands that change or depend on per-connection state, which a connection shared by
-//! many clients cannot hold.
+//! The table itself is data, generated from Redis's own `COMMAND`/`COMMAND DOCS` output
+//! (`command_table.rs`, by `scripts/gen-command-table`). A command not in it (a module's,
+//! or one newer than the table) is stateless and shared.
+
+use super::command_table::TABLE;
 
 /// How the proxy treats a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommandClass {
     /// Stateless: merged into the shared pipelines.
     Shared,
-    /// `SELECT`: changes the session's database, which picks its upstream connection set.
-    Select,
-    /// `QUIT`: answered `+OK`, then the connection closes.
-    Quit,
-    /// Shared unless one of its arguments is `BLOCK` (XREAD, XREADGROUP): a blocking call
-    /// would stall every client behind it on the shared connection.
-    BlockingWithArg,
-    /// Needs connection state respipe does not keep yet (transactions, blocking calls,
-    /// pub/sub, protocol and auth changes). Refused with an error naming it, never run on
-    /// a shared connection where it would corrupt other clients' replies.
-    Unsupported,
-    /// HTTP request lines (`POST`, `Host:`): Redis treats them as a cross-protocol attack
-    /// and closes the connection, which would break a shared connection for everyone.
+    /// Per-client state the proxy keeps, answered by the proxy.
+    Context(Ctx),
+    /// Needs a connection of its own for a while.
+    Dedicated(Ded),
+    /// Makes no sense through a proxy (replication stream, client-side caching for now).
+    Refused,
+    /// HTTP request lines: Redis closes such connections, and so does the proxy.
     Hostile,
+    /// A container (`CLIENT`) whose class depends on its subcommand.
+    Container,
 }
 
-use CommandClass::*;
+/// Commands that read or change per-client state kept by the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ctx {
+    Select,
+    Hello,
+    Auth,
+    Reset,
+    Quit,
+    ClientSetName,
+    ClientGetName,
+    ClientId,
+    ClientInfo,
+    ClientSetInfo,
+    ClientReply,
+    ClientNoEvict,
+}
 
-/// The exceptions, sorted by lowercase name (a test checks it).
-static TABLE: &[(&str, CommandClass)] = &[
-    ("asking", Unsupported),
-    ("auth", Unsupported),
-    ("blmove", Unsupported),
-    ("blmpop", Unsupported),
-    ("blpop", Unsupported),
-    ("brpop", Unsupported),
-    ("brpoplpush", Unsupported),
-    ("bzmpop", Unsupported),
-    ("bzpopmax", Unsupported),
-    ("bzpopmin", Unsupported),
-    ("client", Unsupported),
-    ("discard", Unsupported),
-    ("exec", Unsupported),
-    ("hello", Unsupported),
-    ("host:", Hostile),
-    ("monitor", Unsupported),
-    ("multi", Unsupported),
-    ("post", Hostile),
-    ("psubscribe", Unsupported),
-    ("psync", Unsupported),
-    ("punsubscribe", Unsupported),
-    ("quit", Quit),
-    ("readonly", Unsupported),
-    ("readwrite", Unsupported),
-    ("replconf", Unsupported),
-    ("reset", Unsupported),
-    ("select", Select),
-    ("ssubscribe", Unsupported),
-    ("subscribe", Unsupported),
-    ("sunsubscribe", Unsupported),
-    ("sync", Unsupported),
-    ("unsubscribe", Unsupported),
-    ("unwatch", Unsupported),
-    ("wait", Unsupported),
-    ("waitaof", Unsupported),
-    ("watch", Unsupported),
-    ("xread", BlockingWithArg),
-    ("xreadgroup", BlockingWithArg),
-];
+/// Commands that need a dedicated upstream connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ded {
+    Multi,
+    Exec,
+    Discard,
+    Watch,
+    Unwatch,
+    Subscribe,
+    Unsubscribe,
+    Monitor,
+    /// Blocks its connection (BLPOP, WAIT, …): leased for the call.
+    Blocking,
+    /// Blocks only with a `BLOCK` argument (XREAD, XREADGROUP).
+    BlockingWithArg,
+}
 
-/// Longest name in the table; longer names are unknown, hence shared.
-const MAX_NAME: usize = 16;
+/// Longest name looked up; longer ones are unknown, hence shared.
+const MAX_NAME: usize = 40;
 
-/// Classifies a command by its name, case-insensitively, without allocating.
+/// Classifies a command by name (case-insensitive, no allocation). For
+/// [`CommandClass::Container`], call [`classify_sub`] with the subcommand.
 pub fn classify(name: &[u8]) -> CommandClass {
-    if name.len() > MAX_NAME {
-        return Shared;
+    lookup(name, None)
+}
+
+/// Classifies `container|sub` (e.g. `CLIENT REPLY`). Unknown subcommands are shared, so
+/// Redis answers them (usually with its "unknown subcommand" error).
+pub fn classify_sub(container: &[u8], sub: &[u8]) -> CommandClass {
+    lookup(container, Some(sub))
+}
+
+fn lookup(name: &[u8], sub: Option<&[u8]>) -> CommandClass {
+    let len = name.len() + sub.map_or(0, |s| s.len() + 1);
+    if len > MAX_NAME {
+        return CommandClass::Shared;
     }
-    let mut lower = [0u8; MAX_NAME];
-    for (dst, src) in lower.iter_mut().zip(name) {
-        *dst = src.to_ascii_lowercase();
+    let mut key = [0u8; MAX_NAME];
+    key[..name.len()].copy_from_slice(name);
+    if let Some(s) = sub {
+        key[name.len()] = b'|';
+        key[name.len() + 1..len].copy_from_slice(s);
     }
-    let lower = &lower[..name.len()];
-    TABLE
-        .binary_search_by(|(n, _)| n.as_bytes().cmp(lower))
-        .map_or(Shared, |i| TABLE[i].1)
+    let key = &mut key[..len];
+    key.make_ascii_lowercase();
+    match TABLE.binary_search_by(|(n, _)| n.as_bytes().cmp(key)) {
+        Ok(i) => TABLE[i].1,
+        Err(_) => CommandClass::Shared,
+    }
 }
 
 #[cfg(test)]
@@ -100,16 +103,35 @@ mod tests {
         assert!(TABLE
             .iter()
             .all(|(n, _)| n.len() <= MAX_NAME && *n == n.to_lowercase()));
+        assert!(TABLE.len() > 300, "the table covers every Redis 7 command");
     }
 
     #[test]
     fn lookups() {
-        assert_eq!(classify(b"GET"), Shared);
-        assert_eq!(classify(b"sElEcT"), Select);
-        assert_eq!(classify(b"MULTI"), Unsupported);
-        assert_eq!(classify(b"Host:"), Hostile);
-        assert_eq!(classify(b"XREAD"), BlockingWithArg);
-        assert_eq!(classify(b"a.module.command.with.a.long.name"), Shared);
-        assert_eq!(classify(b""), Shared);
+        assert_eq!(classify(b"GET"), CommandClass::Shared);
+        assert_eq!(classify(b"sElEcT"), CommandClass::Context(Ctx::Select));
+        assert_eq!(classify(b"MULTI"), CommandClass::Dedicated(Ded::Multi));
+        assert_eq!(classify(b"blpop"), CommandClass::Dedicated(Ded::Blocking));
+        assert_eq!(classify(b"WAIT"), CommandClass::Dedicated(Ded::Blocking));
+        assert_eq!(classify(b"Host:"), CommandClass::Hostile);
+        assert_eq!(
+            classify(b"XREAD"),
+            CommandClass::Dedicated(Ded::BlockingWithArg)
+        );
+        assert_eq!(classify(b"CLIENT"), CommandClass::Container);
+        assert_eq!(
+            classify_sub(b"client", b"REPLY"),
+            CommandClass::Context(Ctx::ClientReply)
+        );
+        assert_eq!(classify_sub(b"CLIENT", b"list"), CommandClass::Shared);
+        assert_eq!(classify_sub(b"CLIENT", b"nosuch"), CommandClass::Shared);
+        assert_eq!(
+            classify(b"CONFIG"),
+            CommandClass::Shared,
+            "containers with only shared subcommands are shared"
+        );
+        assert_eq!(classify(b"a.module.command"), CommandClass::Shared);
+        assert_eq!(classify(b""), CommandClass::Shared);
+        assert_eq!(classify(&[b'x'; 100]), CommandClass::Shared);
     }
 }

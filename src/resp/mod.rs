@@ -4,6 +4,8 @@
 //! Nothing here decodes a frame into owned values: the data path forwards raw bytes.
 
 pub mod command;
+pub mod command_table;
+pub mod encode;
 pub mod inline;
 pub mod reply;
 pub mod request;

@@ -4,11 +4,14 @@
 pub mod address;
 pub mod backoff;
 pub mod connect;
+pub mod dedicated;
 pub mod mux;
 pub mod pool;
+pub mod reader;
 pub mod router;
 
 pub use address::UpstreamAddr;
+pub use dedicated::Lease;
 pub use mux::UpstreamMux;
 pub use pool::UpstreamShared;
 pub use router::{Router, SessionRoute};

@@ -10,18 +10,16 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::warn;
 
 use super::backoff::Backoff;
-use super::connect::connect;
+use super::connect::{connect, Setup};
 use super::pool::MuxSetInner;
+use super::reader::{read_replies, InFlight};
 use super::UpstreamError;
-use crate::batch::{BatchQueue, BatchSender, QueuedCommands, ReplySlot, WriteBuffer};
-use crate::resp::reply::ReplyScanner;
+use crate::batch::{BatchQueue, BatchSender, QueuedCommands, WriteBuffer};
 
 /// Never connected yet: commands wait in its queue for the first connection.
 pub const STARTING: u8 = 0;
@@ -29,9 +27,6 @@ pub const STARTING: u8 = 0;
 pub const UP: u8 = 1;
 /// Lost or refused: commands go to a sibling or fail fast.
 pub const DOWN: u8 = 2;
-
-/// Read buffer size for upstream replies.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// The handle sessions (through the router) use to reach one multiplexed connection.
 #[derive(Debug, Clone)]
@@ -67,7 +62,11 @@ pub(crate) async fn run(index: usize, set: Arc<MuxSetInner>, mut queue: BatchQue
     let mut batch = Vec::new();
     loop {
         let conn = loop {
-            let attempt = connect(&shared.addr, set.db, shared.connect_timeout);
+            let attempt = connect(
+                &shared.addr,
+                Setup::new(set.db, set.proto),
+                shared.connect_timeout,
+            );
             tokio::pin!(attempt);
             let result = if me.state() == STARTING {
                 attempt.await
@@ -97,9 +96,7 @@ pub(crate) async fn run(index: usize, set: Arc<MuxSetInner>, mut queue: BatchQue
                 }
             }
         };
-        if let Some(n) = conn.databases {
-            shared.set_databases(n);
-        }
+        shared.learn(conn.databases, conn.server);
         backoff.reset();
         shared.note_connected(set.db, index);
         me.state.store(UP, Ordering::Release);
@@ -112,7 +109,7 @@ pub(crate) async fn run(index: usize, set: Arc<MuxSetInner>, mut queue: BatchQue
         let ended: Result<(), UpstreamError> = loop {
             tokio::select! {
                 biased;
-                r = &mut reader => break r.unwrap_or(Err(UpstreamError::Closed)),
+                r = &mut reader => break r.map_or(Err(UpstreamError::Closed), |end| end.result),
                 more = queue.next_batch(&shared.policy, &mut batch) => {
                     if !more {
                         break Ok(());
@@ -148,10 +145,10 @@ async fn write_batch(
     wr: &mut OwnedWriteHalf,
     out: &mut WriteBuffer,
     batch: &mut Vec<QueuedCommands>,
-    inflight: &mpsc::UnboundedSender<ReplySlot>,
+    inflight: &mpsc::UnboundedSender<InFlight>,
 ) -> Result<(), UpstreamError> {
     for QueuedCommands { bytes, slot, .. } in batch.drain(..) {
-        if let Err(lost) = inflight.send(slot) {
+        if let Err(lost) = inflight.send(InFlight::Slot(slot)) {
             // The reader is gone: the slot's drop answers "connection lost".
             drop(lost);
             return Err(UpstreamError::Closed);
@@ -159,79 +156,6 @@ async fn write_batch(
         out.put(wr, &bytes).await.map_err(UpstreamError::Io)?;
     }
     out.flush(wr).await.map_err(UpstreamError::Io)
-}
-
-/// Splits replies off the read buffer (zero-copy) and completes in-flight slots in order.
-///
-/// On exit, for whatever reason, every slot still in flight is answered with
-/// "connection lost" (by `ReplySlot`'s drop): the commands may have run, so they are not
-/// replayed.
-async fn read_replies(
-    mut rd: OwnedReadHalf,
-    mut inflight: mpsc::UnboundedReceiver<ReplySlot>,
-    mut stop: oneshot::Receiver<()>,
-) -> Result<(), UpstreamError> {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut scanner = ReplyScanner::new();
-    let mut current: Option<ReplySlot> = None;
-    let result = 'conn: loop {
-        // Replies completed for `current` but not yet delivered, and their bytes.
-        let (mut done, mut scanned) = (0u64, 0usize);
-        loop {
-            let slot = match current.as_mut() {
-                Some(s) => s,
-                None => match inflight.try_recv() {
-                    Ok(s) => current.insert(s),
-                    Err(_) => break,
-                },
-            };
-            match scanner.scan(&buf[scanned..]) {
-                Err(e) => break 'conn Err(UpstreamError::Protocol(e)),
-                Ok(None) => break,
-                Ok(Some(len)) => {
-                    scanned += len;
-                    done += 1;
-                    if done == slot.remaining() {
-                        slot.complete(done, buf.split_to(scanned).freeze());
-                        current = None;
-                        (done, scanned) = (0, 0);
-                    }
-                }
-            }
-        }
-        if let Some(slot) = current.as_mut().filter(|_| done > 0) {
-            slot.complete(done, buf.split_to(scanned).freeze());
-        }
-        if current.is_none() && !buf.is_empty() {
-            break Err(UpstreamError::Unsolicited);
-        }
-        let spare = buf.capacity() - buf.len();
-        if spare < READ_CHUNK / 8 {
-            buf.reserve(READ_CHUNK.max(buf.len()));
-        }
-        tokio::select! {
-            biased;
-            _ = &mut stop => break Ok(()),
-            r = rd.read_buf(&mut buf) => match r {
-                Ok(0) => break Err(UpstreamError::Closed),
-                Ok(_) => {}
-                Err(e) => break Err(UpstreamError::Io(e)),
-            },
-        }
-    };
-    drop(current);
-    inflight.close();
-    let mut failed = 0usize;
-    while let Ok(slot) = inflight.try_recv() {
-        failed += slot.remaining() as usize;
-    }
-    if failed > 0 {
-        debug!(failed, "in-flight commands answered with connection lost");
-    }
-    if result.is_err() {
-        info!("upstream reader stopped");
-    }
-    result
 }
 
 /// Moves a run to another connection, or fails it when none is up.

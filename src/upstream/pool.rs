@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
+use super::connect::ServerInfo;
 use super::mux::{self, reroute_or_fail, UpstreamMux, DOWN, STARTING, UP};
 use super::{UpstreamAddr, UpstreamError};
 use crate::batch::{FlushPolicy, QueuedCommands};
+use crate::resp::encode::Proto;
 
 /// Settings and state common to every upstream connection.
 #[derive(Debug)]
@@ -20,6 +22,7 @@ pub struct UpstreamShared {
     pub(crate) reconnect_max: Duration,
     /// Redis's `databases` setting once a handshake read it; 0 until then.
     databases: AtomicU32,
+    server: Mutex<Option<ServerInfo>>,
     last_error: Mutex<Option<String>>,
 }
 
@@ -33,6 +36,7 @@ impl UpstreamShared {
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(5),
             databases: AtomicU32::new(0),
+            server: Mutex::new(None),
             last_error: Mutex::new(None),
         }
     }
@@ -42,8 +46,22 @@ impl UpstreamShared {
         Some(self.databases.load(Ordering::Relaxed)).filter(|&n| n > 0)
     }
 
-    pub(crate) fn set_databases(&self, n: u32) {
-        self.databases.store(n, Ordering::Relaxed);
+    /// What Redis said about itself in its last `HELLO`, once known.
+    pub fn server(&self) -> Option<ServerInfo> {
+        self.server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records what a handshake learnt about the server.
+    pub(crate) fn learn(&self, databases: Option<u32>, server: Option<ServerInfo>) {
+        if let Some(n) = databases {
+            self.databases.store(n, Ordering::Relaxed);
+        }
+        if let Some(info) = server {
+            *self.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(info);
+        }
     }
 
     /// The error commands get while no connection is up.
@@ -79,15 +97,21 @@ impl UpstreamShared {
 #[derive(Debug)]
 pub struct MuxSetInner {
     pub(crate) db: u32,
+    pub(crate) proto: Proto,
     pub(crate) muxes: Vec<UpstreamMux>,
     pub(crate) shared: Arc<UpstreamShared>,
 }
 
 impl MuxSetInner {
-    /// Starts `n` connections to database `db`.
-    pub(crate) fn spawn(shared: Arc<UpstreamShared>, db: u32, n: usize) -> Arc<Self> {
+    /// Starts `n` connections to database `db` speaking `proto`.
+    pub(crate) fn spawn(shared: Arc<UpstreamShared>, db: u32, proto: Proto, n: usize) -> Arc<Self> {
         let (muxes, queues): (Vec<_>, Vec<_>) = (0..n.max(1)).map(|_| UpstreamMux::new()).unzip();
-        let set = Arc::new(Self { db, muxes, shared });
+        let set = Arc::new(Self {
+            db,
+            proto,
+            muxes,
+            shared,
+        });
         for (i, q) in queues.into_iter().enumerate() {
             tokio::spawn(mux::run(i, set.clone(), q));
         }

@@ -7,11 +7,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::connect::ServerInfo;
+use super::dedicated::{DedicatedPool, Lease};
 use super::pool::{MuxSetInner, UpstreamShared};
 use crate::batch::{QueuedCommands, ReplySink, ReplySlot};
+use crate::resp::encode::Proto;
 
 /// Error replies for `SELECT`, worded as Redis words them.
 pub const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
@@ -26,15 +30,17 @@ pub const ERR_DB_RANGE: &str = "ERR DB index is out of range";
 pub struct Router {
     shared: Arc<UpstreamShared>,
     conns_per_set: usize,
-    sets: Mutex<HashMap<u32, Arc<MuxSetInner>>>,
+    sets: Mutex<HashMap<(u32, Proto), Arc<MuxSetInner>>>,
     default_db: u32,
+    dedicated: DedicatedPool,
 }
 
-/// A session's routing state: its database and that database's connection set, cached
-/// so that submitting takes no lock.
+/// A session's routing state: its database, its protocol and the matching connection
+/// set, cached so that submitting takes no lock.
 #[derive(Debug, Clone)]
 pub struct SessionRoute {
     db: u32,
+    proto: Proto,
     set: Arc<MuxSetInner>,
     affinity: usize,
 }
@@ -44,27 +50,41 @@ impl SessionRoute {
     pub fn db(&self) -> u32 {
         self.db
     }
+
+    /// The protocol the session speaks.
+    pub fn proto(&self) -> Proto {
+        self.proto
+    }
 }
 
 impl Router {
     /// Creates the router and starts the connections of the default database, so the
     /// first client does not wait for a connect.
-    pub fn start(shared: UpstreamShared, conns_per_set: usize) -> Arc<Self> {
+    pub fn start(
+        shared: UpstreamShared,
+        conns_per_set: usize,
+        dedicated_max: usize,
+        dedicated_wait: Duration,
+    ) -> Arc<Self> {
         let default_db = shared.addr.db;
+        let shared = Arc::new(shared);
         let router = Arc::new(Self {
-            shared: Arc::new(shared),
+            dedicated: DedicatedPool::new(shared.clone(), dedicated_max, dedicated_wait),
+            shared,
             conns_per_set: conns_per_set.max(1),
             sets: Mutex::new(HashMap::new()),
             default_db,
         });
-        router.set_for(default_db);
+        router.set_for(default_db, Proto::Resp2);
         router
     }
 
-    fn set_for(&self, db: u32) -> Arc<MuxSetInner> {
+    fn set_for(&self, db: u32, proto: Proto) -> Arc<MuxSetInner> {
         let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
-        sets.entry(db)
-            .or_insert_with(|| MuxSetInner::spawn(self.shared.clone(), db, self.conns_per_set))
+        sets.entry((db, proto))
+            .or_insert_with(|| {
+                MuxSetInner::spawn(self.shared.clone(), db, proto, self.conns_per_set)
+            })
             .clone()
     }
 
@@ -72,12 +92,14 @@ impl Router {
     pub fn new_route(&self, affinity: usize) -> SessionRoute {
         SessionRoute {
             db: self.default_db,
-            set: self.set_for(self.default_db),
+            proto: Proto::Resp2,
+            set: self.set_for(self.default_db, Proto::Resp2),
             affinity,
         }
     }
 
-    /// Sends `count` commands (`bytes`, raw RESP) numbered from `first_seq`.
+    /// Sends `count` commands (`bytes`, raw RESP) numbered from `first_seq`; with
+    /// `silent`, their replies are consumed but not written (`CLIENT REPLY OFF`).
     pub fn submit(
         &self,
         route: &SessionRoute,
@@ -85,8 +107,9 @@ impl Router {
         bytes: Bytes,
         first_seq: u64,
         count: u64,
+        silent: bool,
     ) {
-        let slot = ReplySlot::new(sink.clone(), first_seq, count);
+        let slot = ReplySlot::new(sink.clone(), first_seq, count).silenced(silent);
         route.set.submit(
             route.affinity,
             QueuedCommands {
@@ -100,26 +123,61 @@ impl Router {
     /// `SELECT db` for a session: checks the index as Redis would and moves the session
     /// to that database's connection set (made on first use).
     pub fn select(&self, route: &mut SessionRoute, db: &[u8]) -> Result<(), &'static str> {
-        let db = crate::resp::request::parse_i64(db).ok_or(ERR_NOT_INTEGER)?;
-        let db = i32::try_from(db).map_err(|_| ERR_INT_RANGE)?;
-        if db < 0 {
-            return Err(ERR_DB_RANGE);
-        }
-        let db = i64::from(db);
-        if self.shared.databases().is_some_and(|n| db >= i64::from(n)) {
-            return Err(ERR_DB_RANGE);
-        }
-        let db = db as u32;
+        let db = self.check_db(db)?;
         if db != route.db {
-            route.set = self.set_for(db);
+            route.set = self.set_for(db, route.proto);
             route.db = db;
         }
         Ok(())
     }
 
+    /// Validates a `SELECT` argument as Redis would.
+    pub fn check_db(&self, db: &[u8]) -> Result<u32, &'static str> {
+        let db = crate::resp::request::parse_i64(db).ok_or(ERR_NOT_INTEGER)?;
+        let db = i32::try_from(db).map_err(|_| ERR_INT_RANGE)?;
+        if db < 0 {
+            return Err(ERR_DB_RANGE);
+        }
+        if self.shared.databases().is_some_and(|n| db as u32 >= n) {
+            return Err(ERR_DB_RANGE);
+        }
+        Ok(db as u32)
+    }
+
+    /// Sets the session's protocol (after `HELLO`): its shared commands go to connections
+    /// that speak it, so RESP3 clients get RESP3 replies.
+    pub fn set_proto(&self, route: &mut SessionRoute, proto: Proto) {
+        if proto != route.proto {
+            route.set = self.set_for(route.db, proto);
+            route.proto = proto;
+        }
+    }
+
+    /// Whether `SELECT`/`HELLO` would move the session to other connections (it first
+    /// waits for its in-flight commands then, to keep their execution order).
+    pub fn moves(&self, route: &SessionRoute, db: u32, proto: Proto) -> bool {
+        route.db != db || route.proto != proto
+    }
+
+    /// Leases a dedicated connection on the session's database and protocol. The error
+    /// is the reply text for the client.
+    pub async fn lease(&self, route: &SessionRoute) -> Result<Lease, String> {
+        self.dedicated.lease(route.db, route.proto).await
+    }
+
+    /// Dedicated connections open now (idle or leased).
+    pub fn dedicated_open(&self) -> usize {
+        self.dedicated.size()
+    }
+
+    /// What the upstream said about itself, for `HELLO` replies.
+    pub fn server(&self) -> Option<ServerInfo> {
+        self.shared.server()
+    }
+
     /// True once the default database has a live connection (for readiness checks).
     pub fn is_ready(&self) -> bool {
-        self.set_for(self.default_db).any_up()
+        self.set_for(self.default_db, Proto::Resp2).any_up()
     }
 
     /// The reply commands get while the upstream is unreachable.

@@ -103,6 +103,13 @@ impl Proxy {
 
     /// Starts respipe with settings adjusted by `tweak`, and waits until it is connected.
     pub async fn start_with(redis: &RedisServer, tweak: impl FnOnce(&mut Args)) -> Self {
+        // RESPIPE_TEST_LOG=debug shows the proxy's logs while debugging a test.
+        if let Ok(filter) = std::env::var("RESPIPE_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let mut args = Args {
             listen: vec!["127.0.0.1:0".into()],
             upstream: Some(redis.url()),
@@ -142,7 +149,7 @@ impl Proxy {
     pub async fn raw(&self) -> RawConn {
         RawConn {
             stream: TcpStream::connect(self.addr).await.expect("raw connect"),
-            buf: Vec::new(),
+            buf: bytes::BytesMut::new(),
         }
     }
 }
@@ -167,7 +174,7 @@ pub async fn connect(client: &redis::Client) -> redis::aio::MultiplexedConnectio
 /// A raw client connection: send bytes, read whole replies.
 pub struct RawConn {
     pub stream: TcpStream,
-    buf: Vec<u8>,
+    buf: bytes::BytesMut,
 }
 
 impl RawConn {
@@ -175,7 +182,7 @@ impl RawConn {
     pub fn new(stream: TcpStream) -> Self {
         Self {
             stream,
-            buf: Vec::new(),
+            buf: bytes::BytesMut::new(),
         }
     }
 
@@ -190,17 +197,18 @@ impl RawConn {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(len) = reply_len(&self.buf) {
-                return Some(self.buf.drain(..len).collect());
+                return Some(self.buf.split_to(len).to_vec());
             }
-            let mut chunk = [0u8; 64 * 1024];
-            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
+            // Read straight into the buffer: a stack array here would be copied into
+            // every caller's future (debug builds overflow with many awaits).
+            self.buf.reserve(64 * 1024);
+            let n = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))
                 .await
                 .expect("timed out waiting for a reply")
                 .unwrap_or(0);
             if n == 0 {
                 return None;
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 
@@ -215,11 +223,29 @@ impl RawConn {
     }
 }
 
-/// Length of the first complete RESP2 reply in `buf`, using redis-protocol (independent
-/// of respipe's own scanner).
+/// Length of the first complete RESP2 or RESP3 reply in `buf`, using redis-protocol
+/// (independent of respipe's own scanner).
 fn reply_len(buf: &[u8]) -> Option<usize> {
+    // RESP3's decoder refuses RESP2 nulls ($-1, *-1); RESP2's refuses RESP3 types.
     match redis_protocol::resp2::decode::decode(buf) {
         Ok(Some((_, len))) => Some(len),
-        _ => None,
+        _ => match redis_protocol::resp3::decode::complete::decode(buf) {
+            Ok(Some((_, len))) => Some(len),
+            _ => None,
+        },
     }
+}
+
+/// `INFO stats` field `name` of a Redis, read directly.
+pub async fn info_stat(redis: &RedisServer, name: &str) -> i64 {
+    let mut c = connect(&redis.direct()).await;
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut c)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in INFO stats"))
 }

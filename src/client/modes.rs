@@ -1,0 +1,398 @@
+//! Sessions on a dedicated connection: transactions (MULTI/EXEC, WATCH), blocking calls,
+//! subscribed mode and MONITOR.
+//!
+//! Before moving to a dedicated connection (and back), a session waits until its
+//! in-flight commands are answered, so that Redis runs its commands in the order it sent
+//! them, as it would on one connection.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tracing::debug;
+
+use super::session::{Flow, Session};
+use crate::resp::command::{CommandClass, Ctx, Ded};
+use crate::resp::encode::ReplyBuf;
+use crate::resp::{error_reply, OK};
+use crate::upstream::reader::InFlight;
+use crate::upstream::Lease;
+
+/// What the session uses its dedicated connection for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// WATCH and/or MULTI are in force (also a blocking call in progress).
+    Txn { multi: bool },
+    /// Subscribed mode: the connection's output is streamed to the client.
+    Subscribed,
+    /// MONITOR: likewise.
+    Monitor,
+}
+
+/// A leased connection and what it is for.
+#[derive(Debug)]
+pub(crate) struct Leased {
+    lease: Lease,
+    kind: Kind,
+    /// Sequence number the stream occupies, in the streaming kinds.
+    stream_seq: u64,
+}
+
+impl Leased {
+    /// Plain commands can go to it in runs (one write, one slot for many commands).
+    pub(crate) fn takes_runs(&self) -> bool {
+        matches!(self.kind, Kind::Txn { .. })
+    }
+
+    pub(crate) async fn send(&mut self, bytes: &[u8], to: InFlight) {
+        if let Err(e) = self.lease.send(bytes, to).await {
+            // The reader answers what was in flight with "connection lost".
+            debug!(error = %e, "dedicated connection write failed");
+        }
+    }
+
+    /// Gives the connection up at the end of a session or on RESET: a transaction's goes
+    /// back to the pool (cleaned); a subscribed or monitoring one is closed.
+    pub(crate) async fn finish(self) {
+        match self.kind {
+            Kind::Txn { .. } => self.lease.release().await,
+            Kind::Subscribed | Kind::Monitor => self.lease.abort(),
+        }
+    }
+
+    /// `flags`, `multi` and `sub` fields for `CLIENT INFO`.
+    pub(crate) fn info_flags(&self) -> (&'static str, i64, i64) {
+        match self.kind {
+            Kind::Txn { multi: true } => ("x", 0, 0),
+            Kind::Txn { multi: false } => ("N", -1, 0),
+            Kind::Subscribed => ("P", -1, 1),
+            Kind::Monitor => ("O", -1, 0),
+        }
+    }
+}
+
+fn arity(name: &str) -> Bytes {
+    error_reply(&format!(
+        "ERR wrong number of arguments for '{name}' command"
+    ))
+}
+
+fn lower(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_ascii_lowercase()
+}
+
+impl Session {
+    /// A dedicated-class command in shared mode.
+    pub(crate) async fn dedicated<R: AsyncRead + Unpin>(
+        &mut self,
+        d: Ded,
+        frame: Bytes,
+        args: &[Bytes],
+        buf: &mut BytesMut,
+        rd: &mut R,
+    ) -> Flow {
+        let name = lower(&args[0]);
+        match d {
+            Ded::Multi if args.len() != 1 => self.local(arity("multi")),
+            Ded::Multi => self.enter(frame, Kind::Txn { multi: true }).await,
+            Ded::Watch if args.len() < 2 => self.local(arity("watch")),
+            Ded::Watch => self.enter(frame, Kind::Txn { multi: false }).await,
+            Ded::Exec | Ded::Discard if args.len() != 1 => self.local(arity(&name)),
+            Ded::Exec => self.local(error_reply("ERR EXEC without MULTI")),
+            Ded::Discard => self.local(error_reply("ERR DISCARD without MULTI")),
+            Ded::Unwatch if args.len() != 1 => self.local(arity("unwatch")),
+            Ded::Unwatch => self.local(OK),
+            Ded::BlockingWithArg
+                if !args
+                    .iter()
+                    .skip(1)
+                    .any(|a| a.eq_ignore_ascii_case(b"block")) =>
+            {
+                self.forward(frame, 1).await
+            }
+            Ded::Blocking | Ded::BlockingWithArg => {
+                return self.blocking_call(frame, buf, rd).await
+            }
+            Ded::Subscribe if args.len() < 2 => self.local(arity(&name)),
+            Ded::Subscribe => self.enter(frame, Kind::Subscribed).await,
+            Ded::Unsubscribe => self.local(self.unsubscribed_replies(&name, args)),
+            Ded::Monitor => self.enter(frame, Kind::Monitor).await,
+        }
+        Flow::Continue
+    }
+
+    /// Leases a connection (after the session's in-flight commands are answered) and
+    /// sends `frame` on it.
+    async fn enter(&mut self, frame: Bytes, kind: Kind) {
+        self.sink.wait_idle().await;
+        let lease = match self.router.lease(&self.route).await {
+            Ok(l) => l,
+            Err(e) => return self.local(error_reply(&e)),
+        };
+        let mut leased = Leased {
+            lease,
+            kind,
+            stream_seq: 0,
+        };
+        match kind {
+            Kind::Txn { .. } => {
+                self.leased = Some(leased);
+                self.forward(frame, 1).await;
+            }
+            Kind::Subscribed | Kind::Monitor => {
+                leased.stream_seq = self.seq;
+                self.seq += 1;
+                leased
+                    .send(
+                        &frame,
+                        InFlight::Stream {
+                            sink: self.sink.clone(),
+                            seq: leased.stream_seq,
+                        },
+                    )
+                    .await;
+                self.leased = Some(leased);
+            }
+        }
+    }
+
+    /// A blocking call (BLPOP, WAIT, XREAD BLOCK …) on a connection of its own, so it
+    /// never holds up a shared pipeline. The session reads no further commands until it
+    /// returns, as on Redis; if the client disconnects meanwhile, the connection is closed,
+    /// which makes Redis drop the call.
+    async fn blocking_call<R: AsyncRead + Unpin>(
+        &mut self,
+        frame: Bytes,
+        buf: &mut BytesMut,
+        rd: &mut R,
+    ) -> Flow {
+        self.enter(frame, Kind::Txn { multi: false }).await;
+        let present = self.wait_answered(buf, rd).await;
+        match self.leased.take() {
+            Some(l) if present => l.lease.release().await,
+            Some(l) => l.lease.abort(),
+            None => {}
+        }
+        if present {
+            Flow::Continue
+        } else {
+            Flow::Close
+        }
+    }
+
+    /// Waits until every command sent is answered, while noticing a client that goes away
+    /// (its input is kept for later). False if the client disconnected.
+    async fn wait_answered<R: AsyncRead + Unpin>(
+        &mut self,
+        buf: &mut BytesMut,
+        rd: &mut R,
+    ) -> bool {
+        loop {
+            tokio::select! {
+                _ = self.sink.wait_idle() => return true,
+                r = rd.read_buf(buf) => match r {
+                    Ok(n) if n > 0 && buf.len() <= self.limits.query_limit => {}
+                    _ => return false,
+                },
+            }
+        }
+    }
+
+    /// A command while the session holds a dedicated connection.
+    pub(crate) async fn in_leased<R: AsyncRead + Unpin>(
+        &mut self,
+        class: CommandClass,
+        frame: Bytes,
+        args: &[Bytes],
+        buf: &mut BytesMut,
+        rd: &mut R,
+    ) -> Flow {
+        match class {
+            CommandClass::Context(Ctx::Quit | Ctx::Reset) | CommandClass::Hostile => {
+                return match class {
+                    CommandClass::Hostile => {
+                        if let Some(l) = self.leased.take() {
+                            l.finish().await;
+                        }
+                        self.local_close(Bytes::new());
+                        Flow::Close
+                    }
+                    CommandClass::Context(c) => self.context(c, args).await,
+                    _ => Flow::Continue,
+                };
+            }
+            _ => {}
+        }
+        let Some(kind) = self.leased.as_ref().map(|l| l.kind) else {
+            return Flow::Continue;
+        };
+        match kind {
+            Kind::Txn { multi } => {
+                self.in_transaction(multi, class, frame, args, buf, rd)
+                    .await
+            }
+            Kind::Subscribed | Kind::Monitor => {
+                self.in_stream(kind, class, frame, args).await;
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn in_transaction<R: AsyncRead + Unpin>(
+        &mut self,
+        multi: bool,
+        class: CommandClass,
+        frame: Bytes,
+        args: &[Bytes],
+        buf: &mut BytesMut,
+        rd: &mut R,
+    ) -> Flow {
+        let plain = args.len() == 1;
+        match class {
+            CommandClass::Refused => {
+                self.local(error_reply(&format!(
+                    "ERR '{}' is not supported by respipe",
+                    lower(&args[0])
+                )));
+            }
+            // Applied by the session's writer, never by the dedicated connection.
+            CommandClass::Context(c @ Ctx::ClientReply) => return self.context(c, args).await,
+            CommandClass::Context(Ctx::Select) => {
+                // Forwarded so the dedicated connection follows; the session follows too
+                // (inside MULTI, Redis applies it at EXEC, before anything that follows).
+                match args.get(1).map(|db| self.router.check_db(db)) {
+                    Some(Ok(db)) if args.len() == 2 => {
+                        let _ = self
+                            .router
+                            .select(&mut self.route, db.to_string().as_bytes());
+                        self.forward(frame, 1).await;
+                    }
+                    _ if multi => self.forward(frame, 1).await,
+                    Some(Err(e)) if args.len() == 2 => self.local(error_reply(e)),
+                    _ => self.local(arity("select")),
+                }
+            }
+            CommandClass::Context(c) if !multi => return self.context(c, args).await,
+            CommandClass::Dedicated(Ded::Multi) => {
+                self.forward(frame, 1).await;
+                if plain {
+                    self.set_kind(Kind::Txn { multi: true });
+                }
+            }
+            CommandClass::Dedicated(Ded::Exec | Ded::Discard) if multi && plain => {
+                self.forward(frame, 1).await;
+                return self.leave(buf, rd).await;
+            }
+            CommandClass::Dedicated(Ded::Unwatch) if !multi && plain => {
+                self.forward(frame, 1).await;
+                return self.leave(buf, rd).await;
+            }
+            CommandClass::Dedicated(Ded::Blocking | Ded::BlockingWithArg) if !multi => {
+                // It blocks this session's own connection, as on Redis.
+                self.forward(frame, 1).await;
+                if !self.wait_answered(buf, rd).await {
+                    return Flow::Close;
+                }
+            }
+            CommandClass::Dedicated(d @ (Ded::Subscribe | Ded::Monitor)) if !multi => {
+                let kind = if d == Ded::Monitor {
+                    Kind::Monitor
+                } else {
+                    Kind::Subscribed
+                };
+                let (sink, seq) = (self.sink.clone(), self.seq);
+                self.seq += 1;
+                if let Some(l) = self.leased.as_mut() {
+                    l.kind = kind;
+                    l.stream_seq = seq;
+                    l.send(&frame, InFlight::Stream { sink, seq }).await;
+                }
+            }
+            _ => self.forward(frame, 1).await,
+        }
+        Flow::Continue
+    }
+
+    fn set_kind(&mut self, kind: Kind) {
+        if let Some(l) = self.leased.as_mut() {
+            l.kind = kind;
+        }
+    }
+
+    /// After EXEC/DISCARD/UNWATCH: waits for the answer, then gives the connection back.
+    async fn leave<R: AsyncRead + Unpin>(&mut self, buf: &mut BytesMut, rd: &mut R) -> Flow {
+        let present = self.wait_answered(buf, rd).await;
+        match self.leased.take() {
+            Some(l) if present => l.lease.release().await,
+            Some(l) => l.lease.abort(),
+            None => {}
+        }
+        if present {
+            Flow::Continue
+        } else {
+            Flow::Close
+        }
+    }
+
+    /// Subscribed mode and MONITOR: commands go to the dedicated connection as they are;
+    /// what comes back is streamed in arrival order.
+    async fn in_stream(&mut self, kind: Kind, class: CommandClass, frame: Bytes, args: &[Bytes]) {
+        let Some(l) = self.leased.as_mut() else {
+            return;
+        };
+        if class == CommandClass::Refused {
+            let msg = error_reply(&format!(
+                "ERR '{}' is not supported by respipe",
+                lower(&args[0])
+            ));
+            self.sink.stream(l.stream_seq, msg);
+            return;
+        }
+        if let Err(e) = l.lease.write(&frame).await {
+            debug!(error = %e, "dedicated connection write failed");
+            return;
+        }
+        if kind == Kind::Subscribed {
+            if let CommandClass::Context(Ctx::Select) = class {
+                if let Some(Ok(db)) = args.get(1).map(|d| self.router.check_db(d)) {
+                    let _ = self
+                        .router
+                        .select(&mut self.route, db.to_string().as_bytes());
+                }
+            }
+            if class == CommandClass::Dedicated(Ded::Unsubscribe) {
+                self.after_unsubscribe().await;
+            }
+        }
+    }
+
+    /// Asks the connection (with a sync marker) whether any subscription is left; if none,
+    /// the session is back in normal mode and the connection goes back to the pool.
+    async fn after_unsubscribe(&mut self) {
+        self.syncs += 1;
+        let token = self.syncs;
+        let Some(l) = self.leased.as_mut() else {
+            return;
+        };
+        let left = match l.lease.sync(token).await {
+            Ok(rx) => rx.await.unwrap_or(-1),
+            Err(_) => -1,
+        };
+        if left == 0 {
+            if let Some(l) = self.leased.take() {
+                l.lease.release().await;
+            }
+        }
+    }
+
+    /// What Redis answers to UNSUBSCRIBE outside subscribed mode: one confirmation per
+    /// channel named (or one with a nil channel), each with a count of 0.
+    fn unsubscribed_replies(&self, kind: &str, args: &[Bytes]) -> Bytes {
+        let mut r = ReplyBuf::new(self.proto());
+        if args.len() == 1 {
+            r.push(3).bulk(kind.as_bytes()).nil().int(0);
+        }
+        for ch in &args[1..] {
+            r.push(3).bulk(kind.as_bytes()).bulk(ch).int(0);
+        }
+        r.finish()
+    }
+}

@@ -1,0 +1,84 @@
+//! The session writer: puts replies back in the client's order.
+//!
+//! Chunks arrive tagged with the sequence numbers they answer, possibly out of order
+//! (several upstream connections, local replies, dedicated connections). A chunk is
+//! written when it starts at the next number owed; a streaming chunk (`count == 0`,
+//! pub/sub messages) is written at its position without completing it.
+
+use std::collections::BTreeMap;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tracing::info;
+
+use crate::batch::{ReplyChunk, ReplySink, WriteBuffer};
+
+/// Writes replies in sequence order. Returns when the reader has finished and every reply
+/// it is owed was written, after a closing reply, or when the client exceeded its output
+/// limit.
+pub async fn write_replies<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::UnboundedReceiver<ReplyChunk>,
+    sink: &ReplySink,
+    mut reader_end: oneshot::Receiver<u64>,
+) -> std::io::Result<()> {
+    let mut next = 0u64;
+    // Keyed by (sequence number, arrival order): streaming chunks share a number.
+    let mut early: BTreeMap<(u64, u64), ReplyChunk> = BTreeMap::new();
+    let mut arrival = 0u64;
+    let mut out = WriteBuffer::new();
+    let mut end: Option<u64> = None;
+    loop {
+        if end.is_some_and(|e| next >= e) {
+            return Ok(());
+        }
+        let first = tokio::select! {
+            c = rx.recv() => match c {
+                Some(c) => c,
+                None => return Ok(()),
+            },
+            r = &mut reader_end, if end.is_none() => {
+                end = Some(r.unwrap_or(next));
+                continue;
+            }
+        };
+        let (mut close, mut written) = (false, 0usize);
+        let mut chunk = Some(first);
+        while let Some(c) = chunk.take() {
+            if c.first_seq != next {
+                early.insert((c.first_seq, arrival), c);
+                arrival += 1;
+            } else {
+                let mut ready = Some(c);
+                while let Some(r) = ready.take() {
+                    next = r.first_seq + r.count;
+                    written += r.bytes.len();
+                    out.put(&mut wr, &r.bytes).await?;
+                    close |= r.close_after;
+                    if close {
+                        break;
+                    }
+                    if let Some(e) = early.first_entry() {
+                        if e.key().0 == next {
+                            ready = Some(e.remove());
+                        }
+                    }
+                }
+            }
+            if close || sink.overflowed() {
+                break;
+            }
+            chunk = rx.try_recv().ok();
+        }
+        out.flush(&mut wr).await?;
+        sink.written(written);
+        if sink.overflowed() {
+            info!("closing client whose unread replies exceeded the output limit");
+            return Ok(());
+        }
+        if close {
+            let _ = wr.shutdown().await;
+            return Ok(());
+        }
+    }
+}

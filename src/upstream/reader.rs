@@ -1,0 +1,257 @@
+//! The reading half of every upstream connection: splits replies off the read buffer
+//! (zero-copy) and hands them to whoever is at the head of the in-flight FIFO.
+//!
+//! Multiplexed connections only ever queue reply slots. A dedicated connection may also
+//! switch to *streaming* (pub/sub, MONITOR: frames that answer no particular command are
+//! forwarded as they arrive) and back, using a sync marker (`PING <token>`) to learn where
+//! the stream ends.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use super::UpstreamError;
+use crate::batch::slot::CONNECTION_LOST;
+use crate::batch::{ReplySink, ReplySlot};
+use crate::resp::error_reply;
+use crate::resp::reply::ReplyScanner;
+
+/// Read buffer size for upstream replies.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What the next reply (or replies) on a connection belong to, in write order.
+#[derive(Debug)]
+pub enum InFlight {
+    /// The replies of a run of commands.
+    Slot(ReplySlot),
+    /// From here on, every frame goes to `sink` at position `seq`, in arrival order, until
+    /// a [`InFlight::Sync`] finds no subscription left.
+    Stream {
+        /// The session.
+        sink: Arc<ReplySink>,
+        /// The position the stream occupies in the session's reply order.
+        seq: u64,
+    },
+    /// A `PING <token>` the proxy sent: its reply is swallowed and the number of
+    /// subscriptions still open is reported.
+    Sync {
+        /// The token the reply must carry.
+        token: Bytes,
+        /// Gets the subscription count.
+        done: oneshot::Sender<i64>,
+    },
+}
+
+/// How a reader ended.
+#[derive(Debug)]
+pub struct ReaderEnd {
+    /// The read half, to put the connection back together.
+    pub rd: OwnedReadHalf,
+    /// Why it stopped: `Ok` when asked to.
+    pub result: Result<(), UpstreamError>,
+    /// True when nothing was outstanding or half-read: the connection can be reused.
+    pub clean: bool,
+}
+
+/// Reads replies until stopped or the connection fails. Whatever is still in flight at
+/// the end is answered "connection lost" (never replayed: it may have run); a session in
+/// streaming mode gets that error and is closed.
+pub async fn read_replies(
+    mut rd: OwnedReadHalf,
+    mut inflight: mpsc::UnboundedReceiver<InFlight>,
+    mut stop: oneshot::Receiver<()>,
+) -> ReaderEnd {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut scanner = ReplyScanner::new();
+    let mut queue: VecDeque<InFlight> = VecDeque::new();
+    let mut stream: Option<(Arc<ReplySink>, u64)> = None;
+    let mut subs: i64 = 0;
+    let result = 'conn: loop {
+        // Replies of the head slot scanned but not yet delivered; their bytes are buf[..scanned].
+        let (mut pending, mut scanned) = (0u64, 0usize);
+        loop {
+            if stream.is_none() && queue.is_empty() {
+                match inflight.try_recv() {
+                    Ok(x) => queue.push_back(x),
+                    Err(_) => break,
+                }
+            }
+            let len = match scanner.scan(&buf[scanned..]) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(e) => break 'conn Err(UpstreamError::Protocol(e)),
+            };
+            if let Some((sink, seq)) = &stream {
+                while let Ok(x) = inflight.try_recv() {
+                    queue.push_back(x);
+                }
+                let frame = buf.split_to(len).freeze();
+                if let Some(InFlight::Sync { token, .. }) = queue.front() {
+                    if is_sync_reply(&frame, token) {
+                        if let Some(InFlight::Sync { done, .. }) = queue.pop_front() {
+                            let _ = done.send(subs);
+                        }
+                        if subs <= 0 {
+                            sink.stream_end(*seq);
+                            stream = None;
+                        }
+                        continue;
+                    }
+                }
+                if let Some(n) = subscription_count(&frame) {
+                    subs = n;
+                }
+                sink.stream(*seq, frame);
+                continue;
+            }
+            match queue.front_mut() {
+                Some(InFlight::Slot(slot)) => {
+                    scanned += len;
+                    pending += 1;
+                    if pending == slot.remaining() {
+                        slot.complete(pending, buf.split_to(scanned).freeze());
+                        queue.pop_front();
+                        (pending, scanned) = (0, 0);
+                    }
+                }
+                Some(InFlight::Stream { .. }) => {
+                    // The frame is scanned again, now as part of the stream.
+                    if let Some(InFlight::Stream { sink, seq }) = queue.pop_front() {
+                        stream = Some((sink, seq));
+                        subs = 0;
+                    }
+                }
+                Some(InFlight::Sync { token, .. }) => {
+                    if !is_sync_reply(&buf[..len], token) {
+                        break 'conn Err(UpstreamError::Unsolicited);
+                    }
+                    buf.advance(len);
+                    if let Some(InFlight::Sync { done, .. }) = queue.pop_front() {
+                        let _ = done.send(0);
+                    }
+                }
+                None => break,
+            }
+        }
+        if pending > 0 {
+            if let Some(InFlight::Slot(slot)) = queue.front_mut() {
+                slot.complete(pending, buf.split_to(scanned).freeze());
+            }
+        }
+        if stream.is_none() && queue.is_empty() && !buf.is_empty() {
+            break Err(UpstreamError::Unsolicited);
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 8 {
+            buf.reserve(READ_CHUNK.max(buf.len()));
+        }
+        tokio::select! {
+            biased;
+            _ = &mut stop => break Ok(()),
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) => break Err(UpstreamError::Closed),
+                Ok(_) => {}
+                Err(e) => break Err(UpstreamError::Io(e)),
+            },
+        }
+    };
+    inflight.close();
+    while let Ok(x) = inflight.try_recv() {
+        queue.push_back(x);
+    }
+    let clean = queue.is_empty() && stream.is_none() && buf.is_empty();
+    if !queue.is_empty() {
+        debug!(
+            entries = queue.len(),
+            "in-flight commands answered with connection lost"
+        );
+    }
+    // Dropping the slots answers them; a stream's session is told and closed.
+    drop(queue);
+    if let Some((sink, seq)) = stream {
+        sink.local(seq, error_reply(CONNECTION_LOST), true);
+    }
+    ReaderEnd { rd, result, clean }
+}
+
+/// `PING <token>`'s reply: `$n token` (also RESP3 in subscribed mode) or, in RESP2
+/// subscribed mode, `*2 pong token`. The token is random, so it cannot be a message.
+fn is_sync_reply(frame: &[u8], token: &[u8]) -> bool {
+    let tail_len = token.len() + 2;
+    frame.len() >= tail_len + 4
+        && frame.ends_with(b"\r\n")
+        && &frame[frame.len() - tail_len..frame.len() - 2] == token
+        && (frame[0] == b'$' || frame.starts_with(b"*2\r\n$4\r\npong\r\n"))
+}
+
+/// The subscription count in a (un)subscribe confirmation:
+/// `[subscribe|psubscribe|ssubscribe|unsubscribe|…, channel, count]`.
+fn subscription_count(frame: &[u8]) -> Option<i64> {
+    if frame.len() > 1024 || !(frame.starts_with(b"*3\r\n$") || frame.starts_with(b">3\r\n$")) {
+        return None;
+    }
+    use redis_protocol::resp3::decode::complete::decode;
+    use redis_protocol::resp3::types::OwnedFrame;
+    let (OwnedFrame::Array { data, .. } | OwnedFrame::Push { data, .. }) = decode(frame).ok()??.0
+    else {
+        return None;
+    };
+    let kind = match data.first()? {
+        OwnedFrame::BlobString { data, .. } => data.to_ascii_lowercase(),
+        _ => return None,
+    };
+    let known: [&[u8]; 6] = [
+        b"subscribe",
+        b"psubscribe",
+        b"ssubscribe",
+        b"unsubscribe",
+        b"punsubscribe",
+        b"sunsubscribe",
+    ];
+    if !known.contains(&kind.as_slice()) {
+        return None;
+    }
+    match data.get(2)? {
+        OwnedFrame::Number { data, .. } => Some(*data),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_replies() {
+        assert!(is_sync_reply(b"$5\r\ntoken\r\n", b"token"));
+        assert!(is_sync_reply(
+            b"*2\r\n$4\r\npong\r\n$5\r\ntoken\r\n",
+            b"token"
+        ));
+        assert!(!is_sync_reply(
+            b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$5\r\ntoken\r\n",
+            b"token"
+        ));
+        assert!(!is_sync_reply(b"$5\r\nother\r\n", b"token"));
+    }
+
+    #[test]
+    fn subscription_counts() {
+        assert_eq!(
+            subscription_count(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:2\r\n"),
+            Some(2)
+        );
+        assert_eq!(
+            subscription_count(b">3\r\n$11\r\nunsubscribe\r\n_\r\n:0\r\n"),
+            Some(0)
+        );
+        assert_eq!(
+            subscription_count(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nb\r\n"),
+            None
+        );
+    }
+}
