@@ -2,9 +2,11 @@
 //! (a transaction, a blocking call, subscribed mode, MONITOR).
 //!
 //! They come from a bounded `deadpool` pool whose manager speaks raw RESP, so a
-//! transaction reuses a warm connection instead of opening one. A connection comes back
-//! through `RESET` (which discards MULTI, unwatches, unsubscribes, returns to RESP2 and
-//! db 0) followed by a fresh login; one that cannot be cleaned is closed, not reused.
+//! transaction reuses a warm connection instead of opening one. A connection goes back to
+//! the pool only when nothing is outstanding on it, and before its next use it is
+//! cleaned: `RESET` (which discards MULTI, unwatches, unsubscribes, returns to RESP2 and
+//! db 0), a fresh login, then the new user's database and protocol, in one round trip.
+//! One that cannot be cleaned is closed, never reused.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,8 @@ use crate::resp::encode_command;
 #[derive(Debug)]
 pub struct PooledConn {
     stream: Option<TcpStream>,
+    /// Never leased yet: still in its handshake state, needs no `RESET`.
+    fresh: bool,
 }
 
 /// The pool's manager: makes logged-in RESP2 connections on db 0.
@@ -51,12 +55,14 @@ impl Manager for DedicatedManager {
         .await?;
         Ok(PooledConn {
             stream: Some(h.stream),
+            fresh: true,
         })
     }
 
     async fn recycle(&self, conn: &mut PooledConn, _: &Metrics) -> RecycleResult<UpstreamError> {
         match &conn.stream {
-            // Cleaned on return; a connection the peer closed since shows up on first use.
+            // Cleaned when leased; a connection the peer closed since fails that and is
+            // replaced.
             Some(_) => Ok(()),
             None => Err(RecycleError::Message(
                 "connection was not returned clean".into(),
@@ -106,11 +112,15 @@ impl DedicatedPool {
             let Some(mut stream) = obj.stream.take() else {
                 continue;
             };
+            // A fresh connection is still in its handshake state; a reused one is reset
+            // and logged in again, in the same round trip as its new database/protocol.
+            let reused = !obj.fresh;
+            obj.fresh = false;
             let setup = Setup {
                 db,
                 proto,
-                reset: false,
-                login: false,
+                reset: reused,
+                login: reused,
             };
             match prepare(
                 &mut stream,
@@ -120,7 +130,7 @@ impl DedicatedPool {
             )
             .await
             {
-                Ok(()) => return Ok(Lease::start(obj, stream, self.shared.clone())),
+                Ok(()) => return Ok(Lease::start(obj, stream)),
                 Err(e) => {
                     debug!(error = %e, "pooled connection failed preparation; dropping it");
                     last = format!("ERR upstream {} unavailable: {e}", self.shared.addr);
@@ -146,15 +156,10 @@ pub struct Lease {
     stop: oneshot::Sender<()>,
     reader: JoinHandle<ReaderEnd>,
     out: WriteBuffer,
-    shared: Arc<UpstreamShared>,
 }
 
 impl Lease {
-    fn start(
-        obj: Object<DedicatedManager>,
-        stream: TcpStream,
-        shared: Arc<UpstreamShared>,
-    ) -> Self {
+    fn start(obj: Object<DedicatedManager>, stream: TcpStream) -> Self {
         let (rd, wr) = stream.into_split();
         let (inflight, rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = oneshot::channel();
@@ -166,7 +171,6 @@ impl Lease {
             stop,
             reader,
             out: WriteBuffer::new(),
-            shared,
         }
     }
 
@@ -211,16 +215,14 @@ impl Lease {
     }
 
     /// Gives the connection back. Only a connection with nothing outstanding goes back to
-    /// the pool, after `RESET` and a fresh login (done in the background); any other is
-    /// closed, which also makes Redis drop whatever it held for it (a blocked call, its
-    /// subscriptions).
+    /// the pool (it is cleaned before its next use); any other is closed, which also makes
+    /// Redis drop whatever it held for it (a blocked call, its subscriptions).
     pub async fn release(self) {
         let Self {
-            obj,
+            mut obj,
             wr,
             stop,
             reader,
-            shared,
             ..
         } = self;
         let _ = stop.send(());
@@ -235,26 +237,12 @@ impl Lease {
             let _ = Object::take(obj);
             return;
         }
-        let Ok(mut stream) = end.rd.reunite(wr) else {
-            let _ = Object::take(obj);
-            return;
-        };
-        tokio::spawn(async move {
-            let mut obj = obj;
-            let setup = Setup {
-                db: 0,
-                proto: Proto::Resp2,
-                reset: true,
-                login: true,
-            };
-            match prepare(&mut stream, &shared.addr, setup, shared.connect_timeout).await {
-                Ok(()) => obj.stream = Some(stream),
-                Err(e) => {
-                    debug!(error = %e, "could not clean a dedicated connection; closing it");
-                    let _ = Object::take(obj);
-                }
+        match end.rd.reunite(wr) {
+            Ok(stream) => obj.stream = Some(stream),
+            Err(_) => {
+                let _ = Object::take(obj);
             }
-        });
+        }
     }
 
     /// Closes the connection without returning it.
