@@ -259,3 +259,118 @@ fn redis_cli_and_redis_benchmark_through_the_binary() {
     // default keyspace of one key, all 20,000 INCRs hit the same counter.
     assert_eq!(cli(&["GET", "counter:__rand_int__"]), "20000");
 }
+
+/// `redis-cli --pipe` mass insertion of 1,000,000 commands through the proxy: every one
+/// acknowledged, none lost or doubled.
+#[test]
+fn redis_cli_pipe_mass_insertion() {
+    let redis = RedisServer::start();
+    let port = common::free_port();
+    let _child = Guard(
+        respipe()
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--upstream",
+                &redis.url(),
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let p = port.to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Command::new("redis-cli")
+        .args(["-p", &p, "PING"])
+        .output()
+        .map(|o| o.stdout != b"PONG\n")
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "proxy never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let n = 1_000_000;
+    let mut input = Vec::with_capacity(n * 48);
+    for i in 0..n {
+        let (k, v) = (format!("key:{i}"), format!("v{i}"));
+        input.extend_from_slice(
+            format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n${}\r\n{v}\r\n",
+                k.len(),
+                v.len()
+            )
+            .as_bytes(),
+        );
+    }
+    let mut child = Command::new("redis-cli")
+        .args(["-p", &p, "--pipe"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("errors: 0, replies: 1000000"), "{text}");
+    let dbsize = Command::new("redis-cli")
+        .args(["-p", &p, "DBSIZE"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&dbsize.stdout).trim(), "1000000");
+    let last = Command::new("redis-cli")
+        .args(["-p", &p, "GET", "key:999999"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&last.stdout).trim(), "v999999");
+}
+
+/// Interactive redis-cli (a terminal session): commands typed one by one, including
+/// MULTI/EXEC and SELECT, which redis-cli shows in its prompt.
+#[test]
+fn redis_cli_interactive_session() {
+    let redis = RedisServer::start();
+    let port = common::free_port();
+    let _child = Guard(
+        respipe()
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--upstream",
+                &redis.url(),
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // redis-cli reads commands line by line from stdin when it is not a terminal.
+    let mut child = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"SET greeting hello\nSELECT 2\nSET k in2\nMULTI\nINCR c\nINCR c\nEXEC\nSELECT 0\nGET greeting\nGET k\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        lines,
+        ["OK", "OK", "OK", "OK", "QUEUED", "QUEUED", "1", "2", "OK", "hello", ""],
+        "{lines:?}"
+    );
+}
