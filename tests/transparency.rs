@@ -512,19 +512,74 @@ async fn client_commands_are_per_session() {
     );
 }
 
-/// Commands the proxy cannot give a connection to are refused by name; the session goes on.
+/// Replication commands are refused by name; the session goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tracking_is_refused_by_name() {
+async fn replication_commands_are_refused_by_name() {
     let redis = RedisServer::start();
     let proxy = Proxy::start(&redis).await;
     let mut c = proxy.raw().await;
-    c.send(b"CLIENT TRACKING ON\r\nPING\r\n").await;
+    c.send(b"SYNC\r\nPING\r\n").await;
     let reply = c.reply_text().await;
     assert!(
-        reply.starts_with("-ERR 'CLIENT TRACKING' is not supported by respipe"),
+        reply.starts_with("-ERR 'SYNC' is not supported by respipe"),
         "{reply}"
     );
     assert_eq!(c.reply_text().await, "+PONG\r\n");
+}
+
+/// Client-side caching: a RESP3 client gets invalidation pushes on its own connection; a
+/// RESP2 client redirects them to another proxy client subscribed to
+/// `__redis__:invalidate`, named by its proxy CLIENT ID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tracking_invalidations() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(&redis).await;
+    let mut writer = proxy.conn().await;
+    let _: () = writer.set("cached", "v1").await.unwrap();
+
+    let mut r3 = proxy.raw().await;
+    r3.send(b"HELLO 3\r\nCLIENT TRACKING ON\r\nGET cached\r\n")
+        .await;
+    assert!(r3.reply_text().await.starts_with("%7"));
+    assert_eq!(r3.reply_text().await, "+OK\r\n");
+    assert_eq!(r3.reply_text().await, "$2\r\nv1\r\n");
+    let _: () = writer.set("cached", "v2").await.unwrap();
+    assert_eq!(
+        r3.reply_text().await,
+        ">2\r\n$10\r\ninvalidate\r\n*1\r\n$6\r\ncached\r\n"
+    );
+    r3.send(b"GET cached\r\nCLIENT TRACKING OFF\r\nGET cached\r\n")
+        .await;
+    assert_eq!(r3.reply_text().await, "$2\r\nv2\r\n");
+    assert_eq!(r3.reply_text().await, "+OK\r\n");
+    assert_eq!(r3.reply_text().await, "$2\r\nv2\r\n");
+
+    let mut listener = proxy.raw().await;
+    listener.send(b"CLIENT ID\r\n").await;
+    let id = listener
+        .reply_text()
+        .await
+        .trim_start_matches(':')
+        .trim()
+        .to_string();
+    listener.send(b"SUBSCRIBE __redis__:invalidate\r\n").await;
+    assert!(listener
+        .reply_text()
+        .await
+        .starts_with("*3\r\n$9\r\nsubscribe\r\n"));
+    let mut r2 = proxy.raw().await;
+    r2.send(format!("CLIENT TRACKING ON REDIRECT {id}\r\nGET cached\r\nCLIENT TRACKING ON REDIRECT 999999\r\n").as_bytes()).await;
+    assert_eq!(r2.reply_text().await, "+OK\r\n");
+    assert_eq!(r2.reply_text().await, "$2\r\nv2\r\n");
+    assert_eq!(
+        r2.reply_text().await,
+        "-ERR The client ID you want redirect to does not exist\r\n"
+    );
+    let _: () = writer.set("cached", "v3").await.unwrap();
+    assert_eq!(
+        listener.reply_text().await,
+        "*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n*1\r\n$6\r\ncached\r\n"
+    );
 }
 
 /// With a client password, clients must AUTH (or HELLO … AUTH) first, as on Redis.

@@ -14,6 +14,10 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::resp::error_reply;
 
+/// `first_seq` of an out-of-band chunk (a RESP3 push, e.g. a client-side caching
+/// invalidation): written as soon as it arrives, between two replies.
+pub const OUT_OF_BAND: u64 = u64::MAX;
+
 /// Error given to commands that were written to an upstream connection that then broke:
 /// they may have run, so they are never replayed.
 pub const CONNECTION_LOST: &str = "ERR upstream connection lost";
@@ -117,6 +121,16 @@ impl ReplySink {
     pub fn stream(&self, seq: u64, bytes: Bytes) {
         self.push(ReplyChunk {
             first_seq: seq,
+            count: 0,
+            bytes,
+            close_after: false,
+        });
+    }
+
+    /// A RESP3 push that answers no command: written between two replies, at once.
+    pub fn out_of_band(&self, bytes: Bytes) {
+        self.push(ReplyChunk {
+            first_seq: OUT_OF_BAND,
             count: 0,
             bytes,
             close_after: false,

@@ -232,7 +232,7 @@ impl Session {
     /// `RESET`: back to a fresh connection's state; any dedicated connection is given up.
     pub(crate) async fn reset(&mut self) {
         if let Some(l) = self.leased.take() {
-            l.finish().await;
+            l.finish(&self.router, self.peer.id).await;
         }
         self.sink.wait_idle().await;
         let mut fresh = self.router.new_route(self.peer.id as usize);

@@ -12,15 +12,15 @@ use tracing::debug;
 use super::session::{Flow, Session};
 use crate::resp::command::{CommandClass, Ctx, Ded};
 use crate::resp::encode::ReplyBuf;
-use crate::resp::{error_reply, OK};
+use crate::resp::{encode_command, error_reply, OK};
 use crate::upstream::reader::InFlight;
-use crate::upstream::Lease;
+use crate::upstream::{Lease, Router};
 
 /// What the session uses its dedicated connection for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    /// WATCH and/or MULTI are in force (also a blocking call in progress).
-    Txn { multi: bool },
+    /// WATCH, MULTI or CLIENT TRACKING are in force (also a blocking call in progress).
+    Txn { multi: bool, tracking: bool },
     /// Subscribed mode: the connection's output is streamed to the client.
     Subscribed,
     /// MONITOR: likewise.
@@ -51,7 +51,8 @@ impl Leased {
 
     /// Gives the connection up at the end of a session or on RESET: a transaction's goes
     /// back to the pool (cleaned); a subscribed or monitoring one is closed.
-    pub(crate) async fn finish(self) {
+    pub(crate) async fn finish(self, router: &Router, session: u64) {
+        router.set_redirect_target(session, None);
         match self.kind {
             Kind::Txn { .. } => self.lease.release().await,
             Kind::Subscribed | Kind::Monitor => self.lease.abort(),
@@ -61,11 +62,21 @@ impl Leased {
     /// `flags`, `multi` and `sub` fields for `CLIENT INFO`.
     pub(crate) fn info_flags(&self) -> (&'static str, i64, i64) {
         match self.kind {
-            Kind::Txn { multi: true } => ("x", 0, 0),
-            Kind::Txn { multi: false } => ("N", -1, 0),
+            Kind::Txn { multi: true, .. } => ("x", 0, 0),
+            Kind::Txn { tracking: true, .. } => ("t", -1, 0),
+            Kind::Txn { .. } => ("N", -1, 0),
             Kind::Subscribed => ("P", -1, 1),
             Kind::Monitor => ("O", -1, 0),
         }
+    }
+}
+
+/// `CLIENT TRACKING ON|OFF …`: Some(true) for ON, Some(false) for OFF.
+fn tracking_switch(args: &[Bytes]) -> Option<bool> {
+    match args.get(2) {
+        Some(a) if a.eq_ignore_ascii_case(b"on") => Some(true),
+        Some(a) if a.eq_ignore_ascii_case(b"off") => Some(false),
+        _ => None,
     }
 }
 
@@ -92,9 +103,27 @@ impl Session {
         let name = lower(&args[0]);
         match d {
             Ded::Multi if args.len() != 1 => self.local(arity("multi")),
-            Ded::Multi => self.enter(frame, Kind::Txn { multi: true }).await,
+            Ded::Multi => {
+                self.enter(
+                    frame,
+                    Kind::Txn {
+                        multi: true,
+                        tracking: false,
+                    },
+                )
+                .await
+            }
             Ded::Watch if args.len() < 2 => self.local(arity("watch")),
-            Ded::Watch => self.enter(frame, Kind::Txn { multi: false }).await,
+            Ded::Watch => {
+                self.enter(
+                    frame,
+                    Kind::Txn {
+                        multi: false,
+                        tracking: false,
+                    },
+                )
+                .await
+            }
             Ded::Exec | Ded::Discard if args.len() != 1 => self.local(arity(&name)),
             Ded::Exec => self.local(error_reply("ERR EXEC without MULTI")),
             Ded::Discard => self.local(error_reply("ERR DISCARD without MULTI")),
@@ -115,6 +144,23 @@ impl Session {
             Ded::Subscribe => self.enter(frame, Kind::Subscribed).await,
             Ded::Unsubscribe => self.local(self.unsubscribed_replies(&name, args)),
             Ded::Monitor => self.enter(frame, Kind::Monitor).await,
+            Ded::Tracking => match tracking_switch(args) {
+                Some(true) => match self.redirect(args) {
+                    Ok(frame) => {
+                        self.enter(
+                            frame,
+                            Kind::Txn {
+                                multi: false,
+                                tracking: true,
+                            },
+                        )
+                        .await
+                    }
+                    Err(e) => self.local(e),
+                },
+                // OFF while not tracking, or a syntax error: Redis answers it.
+                _ => self.forward(frame, 1).await,
+            },
         }
         Flow::Continue
     }
@@ -123,7 +169,7 @@ impl Session {
     /// sends `frame` on it.
     async fn enter(&mut self, frame: Bytes, kind: Kind) {
         self.sink.wait_idle().await;
-        let lease = match self.router.lease(&self.route).await {
+        let lease = match self.router.lease(&self.route, &self.sink).await {
             Ok(l) => l,
             Err(e) => return self.local(error_reply(&e)),
         };
@@ -138,6 +184,10 @@ impl Session {
                 self.forward(frame, 1).await;
             }
             Kind::Subscribed | Kind::Monitor => {
+                if kind == Kind::Subscribed {
+                    self.router
+                        .set_redirect_target(self.peer.id, leased.lease.upstream_id());
+                }
                 leased.stream_seq = self.seq;
                 self.seq += 1;
                 leased
@@ -164,7 +214,14 @@ impl Session {
         buf: &mut BytesMut,
         rd: &mut R,
     ) -> Flow {
-        self.enter(frame, Kind::Txn { multi: false }).await;
+        self.enter(
+            frame,
+            Kind::Txn {
+                multi: false,
+                tracking: false,
+            },
+        )
+        .await;
         let present = self.wait_answered(buf, rd).await;
         match self.leased.take() {
             Some(l) if present => l.lease.release().await,
@@ -210,7 +267,7 @@ impl Session {
                 return match class {
                     CommandClass::Hostile => {
                         if let Some(l) = self.leased.take() {
-                            l.finish().await;
+                            l.finish(&self.router, self.peer.id).await;
                         }
                         self.local_close(Bytes::new());
                         Flow::Close
@@ -225,8 +282,8 @@ impl Session {
             return Flow::Continue;
         };
         match kind {
-            Kind::Txn { multi } => {
-                self.in_transaction(multi, class, frame, args, buf, rd)
+            Kind::Txn { multi, tracking } => {
+                self.in_transaction(multi, tracking, class, frame, args, buf, rd)
                     .await
             }
             Kind::Subscribed | Kind::Monitor => {
@@ -239,6 +296,7 @@ impl Session {
     async fn in_transaction<R: AsyncRead + Unpin>(
         &mut self,
         multi: bool,
+        tracking: bool,
         class: CommandClass,
         frame: Bytes,
         args: &[Bytes],
@@ -274,9 +332,28 @@ impl Session {
             CommandClass::Dedicated(Ded::Multi) => {
                 self.forward(frame, 1).await;
                 if plain {
-                    self.set_kind(Kind::Txn { multi: true });
+                    self.set_kind(Kind::Txn {
+                        multi: true,
+                        tracking,
+                    });
                 }
             }
+            CommandClass::Dedicated(Ded::Tracking) if !multi => match tracking_switch(args) {
+                Some(on) => match self.redirect(args) {
+                    Ok(frame) => {
+                        self.forward(frame, 1).await;
+                        self.set_kind(Kind::Txn {
+                            multi: false,
+                            tracking: on,
+                        });
+                        if !on {
+                            return self.leave(buf, rd).await;
+                        }
+                    }
+                    Err(e) => self.local(e),
+                },
+                None => self.forward(frame, 1).await,
+            },
             CommandClass::Dedicated(Ded::Exec | Ded::Discard) if multi && plain => {
                 self.forward(frame, 1).await;
                 return self.leave(buf, rd).await;
@@ -317,9 +394,22 @@ impl Session {
         }
     }
 
-    /// After EXEC/DISCARD/UNWATCH: waits for the answer, then gives the connection back.
+    /// After EXEC/DISCARD/UNWATCH/CLIENT TRACKING OFF: waits for the answer, then gives
+    /// the connection back, unless tracking still needs it.
     async fn leave<R: AsyncRead + Unpin>(&mut self, buf: &mut BytesMut, rd: &mut R) -> Flow {
         let present = self.wait_answered(buf, rd).await;
+        if present
+            && matches!(
+                self.leased.as_ref().map(|l| l.kind),
+                Some(Kind::Txn { tracking: true, .. })
+            )
+        {
+            self.set_kind(Kind::Txn {
+                multi: false,
+                tracking: true,
+            });
+            return Flow::Continue;
+        }
         match self.leased.take() {
             Some(l) if present => l.lease.release().await,
             Some(l) => l.lease.abort(),
@@ -367,6 +457,13 @@ impl Session {
     /// Asks the connection (with a sync marker) whether any subscription is left; if none,
     /// the session is back in normal mode and the connection goes back to the pool.
     async fn after_unsubscribe(&mut self) {
+        self.unsubscribe_sync().await;
+        if self.leased.is_none() {
+            self.router.set_redirect_target(self.peer.id, None);
+        }
+    }
+
+    async fn unsubscribe_sync(&mut self) {
         self.syncs += 1;
         let token = self.syncs;
         let Some(l) = self.leased.as_mut() else {
@@ -380,6 +477,33 @@ impl Session {
             if let Some(l) = self.leased.take() {
                 l.lease.release().await;
             }
+        }
+    }
+
+    /// `CLIENT TRACKING ON … REDIRECT <id>` names a proxy session; Redis needs the id of
+    /// that session's own upstream connection. Unknown ids get Redis's error, never
+    /// forwarded: an id of a shared connection would send it invalidations.
+    fn redirect(&self, args: &[Bytes]) -> Result<Bytes, Bytes> {
+        let Some(at) = args
+            .iter()
+            .position(|a| a.eq_ignore_ascii_case(b"redirect"))
+        else {
+            return Ok(encode_command(args));
+        };
+        let target = args
+            .get(at + 1)
+            .and_then(|id| crate::resp::request::parse_i64(id))
+            .and_then(|id| u64::try_from(id).ok())
+            .and_then(|id| self.router.redirect_target(id));
+        match target {
+            Some(upstream) => {
+                let mut rewritten = args.to_vec();
+                rewritten[at + 1] = Bytes::from(upstream.to_string());
+                Ok(encode_command(&rewritten))
+            }
+            None => Err(error_reply(
+                "ERR The client ID you want redirect to does not exist",
+            )),
         }
     }
 

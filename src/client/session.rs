@@ -90,7 +90,7 @@ where
     let read = async move {
         session.run(rd).await;
         if let Some(l) = session.leased.take() {
-            l.finish().await;
+            l.finish(&session.router, session.peer.id).await;
         }
         let _ = end_tx.send(session.seq);
         // Stay pending: the writer decides when the session ends.
@@ -361,17 +361,8 @@ impl Session {
             CommandClass::Dedicated(d) => self.dedicated(d, frame, args, buf, rd).await,
             CommandClass::Refused => {
                 let name = String::from_utf8_lossy(&args[0]).into_owned();
-                let sub = args
-                    .get(1)
-                    .map(|s| format!(" {}", String::from_utf8_lossy(s)))
-                    .unwrap_or_default();
-                let what = if class_is_tracking(args) {
-                    format!("{name}{sub}")
-                } else {
-                    name
-                };
                 self.local(error_reply(&format!(
-                    "ERR '{what}' is not supported by respipe (it needs a connection of its own that a proxy cannot give it; connect to Redis directly)"
+                    "ERR '{name}' is not supported by respipe: replicas must connect to Redis directly"
                 )));
                 Flow::Continue
             }
@@ -401,8 +392,4 @@ impl Session {
     pub(crate) fn proto(&self) -> Proto {
         self.route.proto()
     }
-}
-
-fn class_is_tracking(args: &[Bytes]) -> bool {
-    args.len() > 1 && args[0].eq_ignore_ascii_case(b"client")
 }

@@ -11,6 +11,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
+use crate::batch::slot::OUT_OF_BAND;
 use crate::batch::{ReplyChunk, ReplySink, WriteBuffer};
 
 /// Writes replies in sequence order. Returns when the reader has finished and every reply
@@ -45,6 +46,12 @@ pub async fn write_replies<W: AsyncWrite + Unpin>(
         let (mut close, mut written) = (false, 0usize);
         let mut chunk = Some(first);
         while let Some(c) = chunk.take() {
+            if c.first_seq == OUT_OF_BAND {
+                written += c.bytes.len();
+                out.put(&mut wr, &c.bytes).await?;
+                chunk = rx.try_recv().ok();
+                continue;
+            }
             if c.first_seq != next {
                 early.insert((c.first_seq, arrival), c);
                 arrival += 1;

@@ -55,6 +55,8 @@ pub enum Ded {
     Blocking,
     /// Blocks only with a `BLOCK` argument (XREAD, XREADGROUP).
     BlockingWithArg,
+    /// `CLIENT TRACKING`: client-side caching state.
+    Tracking,
 }
 
 /// Longest name looked up; longer ones are unknown, hence shared.

@@ -37,6 +37,8 @@ pub struct Handshaken {
     pub databases: Option<u32>,
     /// From `HELLO`, when Redis has it (6.0+).
     pub server: Option<ServerInfo>,
+    /// The connection's own `CLIENT ID` on Redis.
+    pub client_id: Option<i64>,
 }
 
 /// What a handshake sets up.
@@ -76,9 +78,10 @@ pub async fn connect(
             .await
             .map_err(UpstreamError::Connect)?;
         stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
-        let (databases, server) = handshake(&mut stream, addr, setup).await?;
+        let (databases, server, client_id) = handshake(&mut stream, addr, setup).await?;
         Ok(Handshaken {
             stream,
+            client_id,
             databases,
             server,
         })
@@ -103,11 +106,13 @@ pub async fn prepare(
 
 type Step = (&'static str, Bytes, bool);
 
+type Learnt = (Option<u32>, Option<ServerInfo>, Option<i64>);
+
 async fn handshake(
     stream: &mut TcpStream,
     addr: &UpstreamAddr,
     setup: Setup,
-) -> Result<(Option<u32>, Option<ServerInfo>), UpstreamError> {
+) -> Result<Learnt, UpstreamError> {
     // (name, command, required)
     let mut steps: Vec<Step> = Vec::new();
     if setup.reset {
@@ -146,9 +151,10 @@ async fn handshake(
             encode_command(&["CONFIG", "GET", "databases"]),
             false,
         ));
+        steps.push(("CLIENT ID", encode_command(&["CLIENT", "ID"]), false));
     }
     if steps.is_empty() {
-        return Ok((None, None));
+        return Ok((None, None, None));
     }
     let out: Vec<u8> = steps
         .iter()
@@ -157,7 +163,7 @@ async fn handshake(
     stream.write_all(&out).await.map_err(UpstreamError::Io)?;
 
     let mut buf = BytesMut::with_capacity(1024);
-    let (mut databases, mut server) = (None, None);
+    let (mut databases, mut server, mut client_id) = (None, None, None);
     for (step, _, required) in &steps {
         let reply = read_reply(stream, &mut buf).await?;
         if let Some(msg) = error_text(&reply) {
@@ -168,6 +174,7 @@ async fn handshake(
         }
         match *step {
             "HELLO" => server = Some(server_info(&reply)),
+            "CLIENT ID" => client_id = text(&reply).and_then(|t| t.parse().ok()),
             "CONFIG GET" => {
                 databases = pairs(&reply)
                     .into_iter()
@@ -177,7 +184,7 @@ async fn handshake(
             _ => {}
         }
     }
-    Ok((databases, server))
+    Ok((databases, server, client_id))
 }
 
 async fn read_reply(

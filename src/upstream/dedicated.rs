@@ -23,7 +23,7 @@ use super::connect::{connect, prepare, Setup};
 use super::pool::UpstreamShared;
 use super::reader::{read_replies, InFlight, ReaderEnd};
 use super::UpstreamError;
-use crate::batch::WriteBuffer;
+use crate::batch::{ReplySink, WriteBuffer};
 use crate::resp::encode::Proto;
 use crate::resp::encode_command;
 
@@ -34,6 +34,8 @@ pub struct PooledConn {
     stream: Option<TcpStream>,
     /// Never leased yet: still in its handshake state, needs no `RESET`.
     fresh: bool,
+    /// Its `CLIENT ID` on Redis (for `CLIENT TRACKING … REDIRECT`).
+    client_id: Option<i64>,
 }
 
 /// The pool's manager: makes logged-in RESP2 connections on db 0.
@@ -56,6 +58,7 @@ impl Manager for DedicatedManager {
         Ok(PooledConn {
             stream: Some(h.stream),
             fresh: true,
+            client_id: h.client_id,
         })
     }
 
@@ -96,7 +99,12 @@ impl DedicatedPool {
 
     /// Leases a connection on `db` speaking `proto`. The error is the text of the reply
     /// the client gets.
-    pub async fn lease(&self, db: u32, proto: Proto) -> Result<Lease, String> {
+    pub async fn lease(
+        &self,
+        db: u32,
+        proto: Proto,
+        pushes: Arc<ReplySink>,
+    ) -> Result<Lease, String> {
         // A pooled connection the server closed while idle fails its preparation; try
         // another one before giving up.
         let mut last = String::new();
@@ -130,7 +138,7 @@ impl DedicatedPool {
             )
             .await
             {
-                Ok(()) => return Ok(Lease::start(obj, stream)),
+                Ok(()) => return Ok(Lease::start(obj, stream, pushes)),
                 Err(e) => {
                     debug!(error = %e, "pooled connection failed preparation; dropping it");
                     last = format!("ERR upstream {} unavailable: {e}", self.shared.addr);
@@ -159,11 +167,11 @@ pub struct Lease {
 }
 
 impl Lease {
-    fn start(obj: Object<DedicatedManager>, stream: TcpStream) -> Self {
+    fn start(obj: Object<DedicatedManager>, stream: TcpStream, pushes: Arc<ReplySink>) -> Self {
         let (rd, wr) = stream.into_split();
         let (inflight, rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = oneshot::channel();
-        let reader = tokio::spawn(read_replies(rd, rx, stop_rx));
+        let reader = tokio::spawn(read_replies(rd, rx, stop_rx, Some(pushes)));
         Self {
             obj,
             wr,
@@ -207,6 +215,11 @@ impl Lease {
         let cmd = encode_command(&[&b"PING"[..], &token]);
         self.send(&cmd, InFlight::Sync { token, done }).await?;
         Ok(rx)
+    }
+
+    /// The connection's `CLIENT ID` on Redis.
+    pub fn upstream_id(&self) -> Option<i64> {
+        self.obj.client_id
     }
 
     /// True once the connection failed (its reader ended).

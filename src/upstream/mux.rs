@@ -104,7 +104,7 @@ pub(crate) async fn run(index: usize, set: Arc<MuxSetInner>, mut queue: BatchQue
         let (rd, mut wr) = conn.stream.into_split();
         let (inflight_tx, inflight_rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = oneshot::channel();
-        let mut reader = tokio::spawn(read_replies(rd, inflight_rx, stop_rx));
+        let mut reader = tokio::spawn(read_replies(rd, inflight_rx, stop_rx, None));
         let mut out = WriteBuffer::new();
         let ended: Result<(), UpstreamError> = loop {
             tokio::select! {

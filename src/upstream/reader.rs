@@ -58,13 +58,16 @@ pub struct ReaderEnd {
     pub clean: bool,
 }
 
-/// Reads replies until stopped or the connection fails. Whatever is still in flight at
+/// Reads replies until stopped or the connection fails. With `pushes` (a dedicated
+/// connection's session), RESP3 push frames that answer no command (client-side caching
+/// invalidations) go to it out of band. Whatever is still in flight at
 /// the end is answered "connection lost" (never replayed: it may have run); a session in
 /// streaming mode gets that error and is closed.
 pub async fn read_replies(
     mut rd: OwnedReadHalf,
     mut inflight: mpsc::UnboundedReceiver<InFlight>,
     mut stop: oneshot::Receiver<()>,
+    pushes: Option<Arc<ReplySink>>,
 ) -> ReaderEnd {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scanner = ReplyScanner::new();
@@ -78,6 +81,7 @@ pub async fn read_replies(
             if stream.is_none() && queue.is_empty() {
                 match inflight.try_recv() {
                     Ok(x) => queue.push_back(x),
+                    Err(_) if pushes.is_some() && buf.get(scanned) == Some(&b'>') => {}
                     Err(_) => break,
                 }
             }
@@ -107,6 +111,17 @@ pub async fn read_replies(
                     subs = n;
                 }
                 sink.stream(*seq, frame);
+                continue;
+            }
+            if let (Some(sink), Some(b'>')) = (&pushes, buf.get(scanned)) {
+                // Out of band: replies before it leave first, then the push.
+                if pending > 0 {
+                    if let Some(InFlight::Slot(slot)) = queue.front_mut() {
+                        slot.complete(pending, buf.split_to(scanned).freeze());
+                    }
+                    (pending, scanned) = (0, 0);
+                }
+                sink.out_of_band(buf.split_to(len).freeze());
                 continue;
             }
             match queue.front_mut() {
@@ -143,7 +158,11 @@ pub async fn read_replies(
                 slot.complete(pending, buf.split_to(scanned).freeze());
             }
         }
-        if stream.is_none() && queue.is_empty() && !buf.is_empty() {
+        if stream.is_none()
+            && queue.is_empty()
+            && !buf.is_empty()
+            && !(pushes.is_some() && buf[0] == b'>')
+        {
             break Err(UpstreamError::Unsolicited);
         }
         if buf.capacity() - buf.len() < READ_CHUNK / 8 {

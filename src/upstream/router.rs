@@ -33,6 +33,9 @@ pub struct Router {
     sets: Mutex<HashMap<(u32, Proto), Arc<MuxSetInner>>>,
     default_db: u32,
     dedicated: DedicatedPool,
+    /// Session id → `CLIENT ID` of its dedicated connection, for sessions in subscribed
+    /// mode: `CLIENT TRACKING … REDIRECT <session id>` is rewritten with it.
+    redirects: Mutex<HashMap<u64, i64>>,
 }
 
 /// A session's routing state: its database, its protocol and the matching connection
@@ -74,6 +77,7 @@ impl Router {
             conns_per_set: conns_per_set.max(1),
             sets: Mutex::new(HashMap::new()),
             default_db,
+            redirects: Mutex::new(HashMap::new()),
         });
         router.set_for(default_db, Proto::Resp2);
         router
@@ -161,8 +165,32 @@ impl Router {
 
     /// Leases a dedicated connection on the session's database and protocol. The error
     /// is the reply text for the client.
-    pub async fn lease(&self, route: &SessionRoute) -> Result<Lease, String> {
-        self.dedicated.lease(route.db, route.proto).await
+    pub async fn lease(
+        &self,
+        route: &SessionRoute,
+        sink: &Arc<ReplySink>,
+    ) -> Result<Lease, String> {
+        self.dedicated
+            .lease(route.db, route.proto, sink.clone())
+            .await
+    }
+
+    /// Records (or with `None`, forgets) the upstream connection a session subscribed on.
+    pub fn set_redirect_target(&self, session: u64, upstream_id: Option<i64>) {
+        let mut r = self.redirects.lock().unwrap_or_else(|p| p.into_inner());
+        match upstream_id {
+            Some(id) => r.insert(session, id),
+            None => r.remove(&session),
+        };
+    }
+
+    /// The upstream `CLIENT ID` to redirect tracking to, for a session id a client named.
+    pub fn redirect_target(&self, session: u64) -> Option<i64> {
+        self.redirects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&session)
+            .copied()
     }
 
     /// Dedicated connections open now (idle or leased).
