@@ -282,10 +282,7 @@ impl Session {
             return Flow::Continue;
         };
         match kind {
-            Kind::Txn { multi, tracking } => {
-                self.in_transaction(multi, tracking, class, frame, args, buf, rd)
-                    .await
-            }
+            Kind::Txn { .. } => self.in_transaction(class, frame, args, buf, rd).await,
             Kind::Subscribed | Kind::Monitor => {
                 self.in_stream(kind, class, frame, args).await;
                 Flow::Continue
@@ -295,14 +292,15 @@ impl Session {
 
     async fn in_transaction<R: AsyncRead + Unpin>(
         &mut self,
-        multi: bool,
-        tracking: bool,
         class: CommandClass,
         frame: Bytes,
         args: &[Bytes],
         buf: &mut BytesMut,
         rd: &mut R,
     ) -> Flow {
+        let Some(Kind::Txn { multi, tracking }) = self.leased.as_ref().map(|l| l.kind) else {
+            return Flow::Continue;
+        };
         let plain = args.len() == 1;
         match class {
             CommandClass::Refused => {
