@@ -34,6 +34,8 @@ pub mod defaults {
     pub const CLIENT_OUTPUT_LIMIT: usize = 1 << 30;
     /// Upstream connect + handshake timeout in milliseconds.
     pub const CONNECT_TIMEOUT_MS: u64 = 3000;
+    /// Worker threads: one, see `main.rs`.
+    pub const THREADS: usize = 1;
     /// Dedicated connections (transactions, blocking calls, pub/sub) at most.
     pub const MAX_DEDICATED_CONNS: usize = 64;
     /// How long a command waits for a free dedicated connection, in milliseconds.
@@ -80,7 +82,7 @@ pub struct Args {
     #[arg(long, env = "RESPIPE_CONNECT_TIMEOUT_MS")]
     pub connect_timeout_ms: Option<u64>,
 
-    /// Worker threads [default: one per CPU]
+    /// Worker threads; 1 runs everything on one thread, which batches best [default: 1]
     #[arg(long, env = "RESPIPE_THREADS")]
     pub threads: Option<usize>,
 
@@ -142,8 +144,8 @@ pub struct Config {
     pub limits: SessionLimits,
     /// Upstream connect + handshake timeout.
     pub connect_timeout: Duration,
-    /// Worker threads; `None` for one per CPU.
-    pub threads: Option<usize>,
+    /// Worker threads.
+    pub threads: usize,
     /// Dedicated connections at most.
     pub max_dedicated_conns: usize,
     /// How long a command waits for a dedicated connection.
@@ -236,10 +238,7 @@ impl Config {
                     .map_err(|_| ConfigError::Metrics(m))?,
             ),
         };
-        let threads = match args.threads.or(file.threads) {
-            Some(0) => return Err(ConfigError::Zero("threads")),
-            t => t,
-        };
+        let threads = positive("threads", args.threads.or(file.threads), defaults::THREADS)?;
         let limits = SessionLimits {
             output_limit: args
                 .client_output_limit

@@ -20,10 +20,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.threads {
-        rt.worker_threads(n);
-    }
+    // One thread by default: all sessions then share one scheduler, so a pipeline write
+    // gathers every session that is ready, with no cross-thread wake-ups (measured in
+    // docs/benchmarks.md). More threads pay off only when one core is not enough.
+    let mut rt = match config.threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
