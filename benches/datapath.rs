@@ -335,7 +335,8 @@ fn batching(c: &mut Criterion) {
     });
 
     group.bench_function("BatchQueue::next_batch", |b| {
-        let (reply_sink, mut replies) = ReplySink::new(usize::MAX, 0);
+        let (reply_sink, mut replies) =
+            ReplySink::new(usize::MAX, 0, respipe::admin::Metrics::new(false));
         let (tx, mut queue) = BatchQueue::new();
         let policy = FlushPolicy {
             window: Duration::ZERO,

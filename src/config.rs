@@ -70,7 +70,7 @@ pub struct Args {
     #[arg(long, env = "RESPIPE_MAX_BATCH_BYTES")]
     pub max_batch_bytes: Option<usize>,
 
-    /// Address for the Prometheus /metrics and health endpoints (reserved: not served yet)
+    /// Address to serve Prometheus /metrics and the /healthz and /readyz probes on (HTTP)
     #[arg(long, env = "RESPIPE_METRICS")]
     pub metrics: Option<String>,
 
@@ -102,6 +102,14 @@ pub struct Args {
     #[arg(long, env = "RESPIPE_USERS_FILE")]
     pub users_file: Option<PathBuf>,
 
+    /// Log format on stderr: text or json (filter with RUST_LOG) [default: text]
+    #[arg(long, env = "RESPIPE_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+
+    /// Skip per-command latency and count metrics (measures their cost; the rest stay on)
+    #[arg(long, env = "RESPIPE_DISABLE_COMMAND_METRICS")]
+    pub disable_command_metrics: bool,
+
     /// TOML file with any of these settings (keys as the long flags: upstream-conns = 4)
     #[arg(long, env = "RESPIPE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -123,6 +131,8 @@ struct FileConfig {
     threads: Option<usize>,
     max_dedicated_conns: Option<usize>,
     dedicated_wait_ms: Option<u64>,
+    log_format: Option<String>,
+    disable_command_metrics: Option<bool>,
     client_password: Option<String>,
     users_file: Option<PathBuf>,
 }
@@ -152,6 +162,10 @@ pub struct Config {
     pub dedicated_wait: Duration,
     /// Who may connect.
     pub auth: Arc<ClientAuth>,
+    /// Logs as JSON lines.
+    pub log_json: bool,
+    /// Per-command metrics on.
+    pub command_metrics: bool,
 }
 
 /// A setting that cannot be used. Reported on stderr; the process exits with status 2.
@@ -175,6 +189,8 @@ pub enum ConfigError {
     Metrics(String),
     #[error("--{0} must be at least 1")]
     Zero(&'static str),
+    #[error("--log-format must be text or json, not {0:?}")]
+    LogFormat(String),
     #[error("--users-file {path}: {msg}")]
     Users { path: PathBuf, msg: String },
 }
@@ -273,7 +289,16 @@ impl Config {
                 msg,
             })?;
         }
+        let log_json = match args.log_format.or(file.log_format).as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => return Err(ConfigError::LogFormat(other.to_string())),
+        };
+        let command_metrics =
+            !(args.disable_command_metrics || file.disable_command_metrics.unwrap_or(false));
         Ok(Self {
+            log_json,
+            command_metrics,
             max_dedicated_conns,
             dedicated_wait,
             auth: Arc::new(auth),

@@ -7,12 +7,6 @@ use respipe::config::{Args, Config};
 use tracing::{error, info};
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let config = match Config::from_args(Args::parse()) {
         Ok(c) => c,
         Err(e) => {
@@ -20,9 +14,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // One thread by default: all sessions then share one scheduler, so a pipeline write
-    // gathers every session that is ready, with no cross-thread wake-ups (measured in
-    // docs/benchmarks.md). More threads pay off only when one core is not enough.
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let mut rt = match config.threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         n => {

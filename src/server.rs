@@ -3,8 +3,12 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use std::time::Duration;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+
+use tracing::info;
+
+use crate::admin::Metrics;
 
 use crate::client::listener::listen;
 use crate::client::session::SessionEnv;
@@ -28,6 +32,8 @@ pub struct Running {
     pub bound: Vec<BoundAddr>,
     /// The router, for readiness checks.
     pub router: Arc<Router>,
+    /// Where `/metrics` is served, when it is.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     accept_loops: Vec<JoinHandle<()>>,
 }
 
@@ -40,16 +46,16 @@ impl Running {
     }
 }
 
-/// Starts the upstream connections and the listeners. Returns once every listener is
-/// bound; an unreachable upstream is not an error (the proxy keeps retrying).
+/// Starts the upstream connections, the listeners and, with `--metrics`, the HTTP
+/// endpoint. Returns once every listener is bound; an unreachable upstream is not an error
+/// (the proxy keeps retrying).
 pub async fn start(config: &Config) -> Result<Running, ServerError> {
-    if config.metrics.is_some() {
-        warn!("--metrics is reserved: the metrics endpoint is not served by this version");
-    }
+    let metrics = Metrics::new(config.command_metrics);
     let shared = UpstreamShared::new(
         config.upstream.clone(),
         config.flush.clone(),
         config.connect_timeout,
+        metrics.clone(),
     );
     let router = Router::start(
         shared,
@@ -61,10 +67,32 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         router: router.clone(),
         limits: Arc::new(config.limits.clone()),
         auth: config.auth.clone(),
+        metrics: metrics.clone(),
+    };
+    let mut tasks = Vec::new();
+    // Folds histogram samples into buckets whether or not anyone scrapes.
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            metrics.upkeep();
+        }
+    }));
+    let metrics_addr = match config.metrics {
+        Some(addr) => {
+            let (bound, task) = crate::admin::http::serve(addr, router.clone())
+                .await
+                .map_err(|source| ServerError {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            tasks.push(task);
+            Some(bound)
+        }
+        None => None,
     };
     let ids = Arc::new(AtomicU64::new(1));
     let mut bound = Vec::new();
-    let mut accept_loops = Vec::new();
     for addr in &config.listen {
         let (b, task) = listen(addr, env.clone(), ids.clone())
             .await
@@ -73,17 +101,19 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
                 source,
             })?;
         bound.push(b);
-        accept_loops.push(task);
+        tasks.push(task);
     }
     info!(
         upstream = %config.upstream,
         upstream_conns = config.upstream_conns,
         batch_window_us = config.flush.window.as_micros() as u64,
+        threads = config.threads,
         "respipe started"
     );
     Ok(Running {
         bound,
         router,
-        accept_loops,
+        metrics_addr,
+        accept_loops: tasks,
     })
 }

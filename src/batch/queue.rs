@@ -146,7 +146,7 @@ mod tests {
 
     #[tokio::test]
     async fn respects_limits_and_carries_over() {
-        let (sink, _rx) = ReplySink::new(1000, 0);
+        let (sink, _rx) = ReplySink::new(1000, 0, crate::admin::Metrics::new(false));
         let (tx, mut q) = BatchQueue::new();
         for i in 0..5 {
             tx.send(run(&sink, i * 4, 4, 10)).unwrap();
@@ -179,7 +179,7 @@ mod tests {
 
     #[tokio::test]
     async fn window_gathers_late_arrivals() {
-        let (sink, _rx) = ReplySink::new(1000, 0);
+        let (sink, _rx) = ReplySink::new(1000, 0, crate::admin::Metrics::new(false));
         let (tx, mut q) = BatchQueue::new();
         tx.send(run(&sink, 0, 1, 10)).unwrap();
         let late = {

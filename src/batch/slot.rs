@@ -6,12 +6,15 @@
 //! never stall a shared reader. A slot that is dropped before all its replies arrived
 //! answers the rest with an error: no command is ever left without a reply.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, Notify};
 
+use crate::admin::{ErrorKind, Metrics};
 use crate::resp::error_reply;
 
 /// `first_seq` of an out-of-band chunk (a RESP3 push, e.g. a client-side caching
@@ -51,6 +54,21 @@ pub struct ReplySink {
     /// Wakes a session waiting for all its commands to be answered.
     drained: Notify,
     pause_at: usize,
+    metrics: Arc<Metrics>,
+    /// When each command in flight was read, for its latency histogram: pushed by the
+    /// reader once per read, drained by the writer once per write (never per command).
+    timings: Mutex<VecDeque<Timing>>,
+}
+
+/// When a command's last byte was read, and which command it was.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its metrics label (command table index).
+    pub command: u16,
+    /// When the read that completed it returned.
+    pub read_at: Instant,
 }
 
 impl ReplySink {
@@ -62,6 +80,7 @@ impl ReplySink {
     pub fn new(
         pause_at: usize,
         output_limit: usize,
+        metrics: Arc<Metrics>,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<ReplyChunk>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let sink = Arc::new(Self {
@@ -73,6 +92,8 @@ impl ReplySink {
             resumed: Notify::new(),
             drained: Notify::new(),
             pause_at: pause_at.max(1),
+            metrics,
+            timings: Mutex::new(VecDeque::new()),
         });
         (sink, rx)
     }
@@ -85,6 +106,37 @@ impl ReplySink {
             bytes,
             close_after,
         });
+    }
+
+    /// The proxy's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Records when commands were read (moves them out of `batch`).
+    pub fn commands_read(&self, batch: &mut Vec<Timing>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut t = self.timings.lock().unwrap_or_else(|p| p.into_inner());
+        t.extend(batch.drain(..));
+    }
+
+    /// Records the latency of every command before `next` (all written now).
+    pub fn replies_written(&self, next: u64) {
+        if !self.metrics.enabled() {
+            return;
+        }
+        let now = Instant::now();
+        let mut t = self.timings.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(first) = t.front() {
+            if first.seq >= next {
+                break;
+            }
+            self.metrics
+                .command_done(first.command, now.saturating_duration_since(first.read_at));
+            t.pop_front();
+        }
     }
 
     /// Registers `count` commands as sent upstream.
@@ -201,6 +253,9 @@ pub struct ReplySlot {
     remaining: u64,
     /// `CLIENT REPLY OFF/SKIP`: the replies are consumed but not written.
     silent: bool,
+    /// When the pipeline write this slot ended was made: its last reply closes the
+    /// upstream round trip (`respipe_upstream_rtt_seconds`).
+    rtt_from: Option<Instant>,
 }
 
 impl ReplySlot {
@@ -212,6 +267,7 @@ impl ReplySlot {
             next_seq: first_seq,
             remaining: count,
             silent: false,
+            rtt_from: None,
         }
     }
 
@@ -219,6 +275,11 @@ impl ReplySlot {
     pub fn silenced(mut self, silent: bool) -> Self {
         self.silent = silent;
         self
+    }
+
+    /// Marks this slot as the last of a pipeline write made at `at`.
+    pub fn close_round_trip(&mut self, at: Instant) {
+        self.rtt_from = Some(at);
     }
 
     /// Replies still expected.
@@ -233,10 +294,21 @@ impl ReplySlot {
         self.sink.deliver(self.next_seq, count, bytes);
         self.next_seq += count;
         self.remaining -= count;
+        if self.remaining == 0 {
+            if let Some(at) = self.rtt_from.take() {
+                self.sink
+                    .metrics
+                    .upstream_rtt
+                    .record(at.elapsed().as_secs_f64());
+            }
+        }
     }
 
     /// Answers every outstanding command with the error `text` (`ERR …`).
     pub fn fail(mut self, text: &str) {
+        self.sink
+            .metrics
+            .error(ErrorKind::UpstreamUnavailable, self.remaining);
         self.fail_remaining(text);
     }
 
@@ -255,7 +327,12 @@ impl ReplySlot {
 
 impl Drop for ReplySlot {
     fn drop(&mut self) {
-        self.fail_remaining(CONNECTION_LOST);
+        if self.remaining > 0 {
+            self.sink
+                .metrics
+                .error(ErrorKind::UpstreamLost, self.remaining);
+            self.fail_remaining(CONNECTION_LOST);
+        }
     }
 }
 
@@ -265,7 +342,7 @@ mod tests {
 
     #[test]
     fn dropped_slot_answers_with_errors() {
-        let (sink, mut rx) = ReplySink::new(10, 0);
+        let (sink, mut rx) = ReplySink::new(10, 0, Metrics::new(false));
         let mut slot = ReplySlot::new(sink.clone(), 5, 3);
         slot.complete(1, Bytes::from_static(b"+OK\r\n"));
         drop(slot);
@@ -282,7 +359,7 @@ mod tests {
 
     #[test]
     fn output_limit_drops_bytes_and_flags() {
-        let (sink, mut rx) = ReplySink::new(10, 8);
+        let (sink, mut rx) = ReplySink::new(10, 8, Metrics::new(false));
         let mut slot = ReplySlot::new(sink.clone(), 0, 2);
         slot.complete(1, Bytes::from_static(b"+OK\r\n"));
         slot.complete(1, Bytes::from_static(b"+OK\r\n"));

@@ -126,6 +126,21 @@ impl Session {
                 [_, _, _] => error_reply("ERR syntax error"),
                 _ => arity("client|reply"),
             },
+            Ctx::Respipe => match args.get(1) {
+                Some(sub)
+                    if args.len() == 2
+                        && (sub.eq_ignore_ascii_case(b"info")
+                            || sub.eq_ignore_ascii_case(b"stats")) =>
+                {
+                    let text = crate::admin::info::render(&self.router, env!("CARGO_PKG_VERSION"));
+                    ReplyBuf::new(self.proto()).bulk(text.as_bytes()).finish()
+                }
+                Some(sub) => error_reply(&format!(
+                    "ERR unknown subcommand '{}'. Try RESPIPE INFO.",
+                    String::from_utf8_lossy(sub)
+                )),
+                None => arity("respipe"),
+            },
             Ctx::ClientNoEvict => match args {
                 [_, _, v] if v.eq_ignore_ascii_case(b"on") || v.eq_ignore_ascii_case(b"off") => OK,
                 [_, _, _] => error_reply("ERR syntax error"),
@@ -151,7 +166,10 @@ impl Session {
                 self.authed = true;
                 OK
             }
-            Err(e) => error_reply(e),
+            Err(e) => {
+                self.sink.metrics().error(crate::admin::ErrorKind::Auth, 1);
+                error_reply(e)
+            }
         }
     }
 

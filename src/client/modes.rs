@@ -37,6 +37,11 @@ pub(crate) struct Leased {
 }
 
 impl Leased {
+    /// Its output is streamed (subscribed mode, MONITOR).
+    pub(crate) fn streams(&self) -> bool {
+        matches!(self.kind, Kind::Subscribed | Kind::Monitor)
+    }
+
     /// Plain commands can go to it in runs (one write, one slot for many commands).
     pub(crate) fn takes_runs(&self) -> bool {
         matches!(self.kind, Kind::Txn { .. })

@@ -12,13 +12,15 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::oneshot;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::auth::{ClientAuth, NOAUTH};
 use super::modes::Leased;
 use super::writer::write_replies;
+use crate::admin::{ErrorKind, Metrics};
+use crate::batch::slot::Timing;
 use crate::batch::{ReplySink, ReplySlot};
-use crate::resp::command::{classify, classify_sub, CommandClass, Ctx};
+use crate::resp::command::{classify_sub, classify_with_id, CommandClass, Ctx};
 use crate::resp::encode::Proto;
 use crate::resp::request::{Request, RequestScanner};
 use crate::resp::{command_args, encode_command, error_reply};
@@ -73,6 +75,8 @@ pub struct SessionEnv {
     pub limits: Arc<SessionLimits>,
     /// Client logins.
     pub auth: Arc<ClientAuth>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Read buffer size for client input.
@@ -84,7 +88,15 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let (sink, rx) = ReplySink::new(env.limits.max_awaiting, env.limits.output_limit);
+    let (sink, rx) = ReplySink::new(
+        env.limits.max_awaiting,
+        env.limits.output_limit,
+        env.metrics.clone(),
+    );
+    let metrics = env.metrics.clone();
+    metrics.client_connections.increment(1.0);
+    info!(client = peer.id, peer = %peer.addr, "client connected");
+    let id = peer.id;
     let (end_tx, end_rx) = oneshot::channel();
     let mut session = Session::new(env, sink.clone(), peer);
     let read = async move {
@@ -96,14 +108,18 @@ where
         // Stay pending: the writer decides when the session ends.
         std::future::pending::<()>().await
     };
-    tokio::select! {
-        _ = read => {}
-        r = write_replies(wr, rx, &sink, end_rx) => {
-            if let Err(e) = r {
-                debug!(error = %e, "client write failed");
+    let reason = tokio::select! {
+        _ = read => "closed",
+        r = write_replies(wr, rx, &sink, end_rx) => match r {
+            Ok(reason) => reason,
+            Err(e) => {
+                debug!(client = id, error = %e, "client write failed");
+                "write failed"
             }
-        }
-    }
+        },
+    };
+    metrics.client_connections.decrement(1.0);
+    info!(client = id, reason, "client disconnected");
 }
 
 /// What to do after a command.
@@ -143,6 +159,9 @@ pub(crate) struct Session {
     /// A dedicated connection, while the session holds connection state.
     pub(crate) leased: Option<Leased>,
     pub(crate) syncs: u64,
+    /// Read times of the commands framed from the current read (metrics).
+    timings: Vec<Timing>,
+    read_at: Option<Instant>,
 }
 
 /// Consecutive commands at the front of the read buffer that leave together.
@@ -162,6 +181,8 @@ impl Session {
             authed: !env.auth.required(),
             auth: env.auth,
             syncs: peer.id << 32,
+            timings: Vec::new(),
+            read_at: None,
             peer,
             started: Instant::now(),
             seq: 0,
@@ -182,7 +203,9 @@ impl Session {
             self.reserve(&mut buf);
             match rd.read_buf(&mut buf).await {
                 Ok(0) => return,
-                Ok(_) => {}
+                Ok(_) => {
+                    self.read_at = self.sink.metrics().enabled().then(Instant::now);
+                }
                 Err(e) => {
                     debug!(client = self.peer.id, error = %e, "client read failed");
                     return;
@@ -233,6 +256,7 @@ impl Session {
                 Err(e) => {
                     self.flush_run(buf, &mut run).await;
                     debug!(client = self.peer.id, error = %e, "protocol error");
+                    self.sink.metrics().error(ErrorKind::Protocol, 1);
                     self.local_close(error_reply(&format!("ERR {e}")));
                     return Flow::Close;
                 }
@@ -240,7 +264,8 @@ impl Session {
             let (frame, args, class) = match request {
                 Request::Multibulk { len, name, .. } => {
                     let frame = &buf[run.bytes..run.bytes + len];
-                    let class = classify(&frame[name.clone()]);
+                    let (class, id) = classify_with_id(&frame[name.clone()]);
+                    self.timed(self.seq + run.commands as u64, id);
                     if class == CommandClass::Shared && self.fast_path() {
                         run.commands += 1;
                         run.bytes += len;
@@ -265,7 +290,8 @@ impl Session {
                     self.flush_run(buf, &mut run).await;
                     buf.advance(len);
                     let args: Vec<Bytes> = args.into_iter().map(Bytes::from).collect();
-                    let class = classify(&args[0]);
+                    let (class, id) = classify_with_id(&args[0]);
+                    self.timed(self.seq, id);
                     (encode_command(&args), args, class)
                 }
             };
@@ -282,7 +308,24 @@ impl Session {
             }
         }
         self.flush_run(buf, &mut run).await;
+        self.sink.commands_read(&mut self.timings);
         Flow::Continue
+    }
+
+    /// Notes when command `seq` was read, for its latency histogram.
+    #[inline]
+    fn timed(&mut self, seq: u64, command: u16) {
+        // In subscribed mode and MONITOR commands take no position of their own.
+        if self.leased.as_ref().is_some_and(Leased::streams) {
+            return;
+        }
+        if let Some(read_at) = self.read_at {
+            self.timings.push(Timing {
+                seq,
+                command,
+                read_at,
+            });
+        }
     }
 
     async fn flush_run(&mut self, buf: &mut BytesMut, run: &mut Run) {
@@ -346,6 +389,7 @@ impl Session {
                 CommandClass::Context(Ctx::Auth | Ctx::Hello | Ctx::Quit | Ctx::Reset)
             )
         {
+            self.sink.metrics().error(ErrorKind::Auth, 1);
             self.local(error_reply(NOAUTH));
             return Flow::Continue;
         }

@@ -11,18 +11,19 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
+use crate::admin::ErrorKind;
 use crate::batch::slot::OUT_OF_BAND;
 use crate::batch::{ReplyChunk, ReplySink, WriteBuffer};
 
-/// Writes replies in sequence order. Returns when the reader has finished and every reply
-/// it is owed was written, after a closing reply, or when the client exceeded its output
-/// limit.
+/// Writes replies in sequence order. Returns (with the reason, for the log) when the
+/// reader has finished and every reply it is owed was written, after a closing reply, or
+/// when the client exceeded its output limit.
 pub async fn write_replies<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::UnboundedReceiver<ReplyChunk>,
     sink: &ReplySink,
     mut reader_end: oneshot::Receiver<u64>,
-) -> std::io::Result<()> {
+) -> std::io::Result<&'static str> {
     let mut next = 0u64;
     // Keyed by (sequence number, arrival order): streaming chunks share a number.
     let mut early: BTreeMap<(u64, u64), ReplyChunk> = BTreeMap::new();
@@ -31,12 +32,12 @@ pub async fn write_replies<W: AsyncWrite + Unpin>(
     let mut end: Option<u64> = None;
     loop {
         if end.is_some_and(|e| next >= e) {
-            return Ok(());
+            return Ok("client closed");
         }
         let first = tokio::select! {
             c = rx.recv() => match c {
                 Some(c) => c,
-                None => return Ok(()),
+                None => return Ok("closed"),
             },
             r = &mut reader_end, if end.is_none() => {
                 end = Some(r.unwrap_or(next));
@@ -79,13 +80,15 @@ pub async fn write_replies<W: AsyncWrite + Unpin>(
         }
         out.flush(&mut wr).await?;
         sink.written(written);
+        sink.replies_written(next);
         if sink.overflowed() {
             info!("closing client whose unread replies exceeded the output limit");
-            return Ok(());
+            sink.metrics().error(ErrorKind::OutputLimit, 1);
+            return Ok("output limit exceeded");
         }
         if close {
             let _ = wr.shutdown().await;
-            return Ok(());
+            return Ok("closed by the proxy (QUIT, protocol error or limit)");
         }
     }
 }

@@ -38,6 +38,8 @@ pub enum Ctx {
     ClientSetInfo,
     ClientReply,
     ClientNoEvict,
+    /// `RESPIPE INFO`: the proxy's own figures.
+    Respipe,
 }
 
 /// Commands that need a dedicated upstream connection.
@@ -65,19 +67,26 @@ const MAX_NAME: usize = 40;
 /// Classifies a command by name (case-insensitive, no allocation). For
 /// [`CommandClass::Container`], call [`classify_sub`] with the subcommand.
 pub fn classify(name: &[u8]) -> CommandClass {
-    lookup(name, None)
+    lookup(name, None).0
+}
+
+/// Classifies a command and returns its index in the table (its metrics label), or
+/// `TABLE.len()` for a command the table does not know.
+pub fn classify_with_id(name: &[u8]) -> (CommandClass, u16) {
+    let (class, id) = lookup(name, None);
+    (class, id.unwrap_or(TABLE.len()) as u16)
 }
 
 /// Classifies `container|sub` (e.g. `CLIENT REPLY`). Unknown subcommands are shared, so
 /// Redis answers them (usually with its "unknown subcommand" error).
 pub fn classify_sub(container: &[u8], sub: &[u8]) -> CommandClass {
-    lookup(container, Some(sub))
+    lookup(container, Some(sub)).0
 }
 
-fn lookup(name: &[u8], sub: Option<&[u8]>) -> CommandClass {
+fn lookup(name: &[u8], sub: Option<&[u8]>) -> (CommandClass, Option<usize>) {
     let len = name.len() + sub.map_or(0, |s| s.len() + 1);
     if len > MAX_NAME {
-        return CommandClass::Shared;
+        return (CommandClass::Shared, None);
     }
     let mut key = [0u8; MAX_NAME];
     key[..name.len()].copy_from_slice(name);
@@ -88,8 +97,8 @@ fn lookup(name: &[u8], sub: Option<&[u8]>) -> CommandClass {
     let key = &mut key[..len];
     key.make_ascii_lowercase();
     match TABLE.binary_search_by(|(n, _)| n.as_bytes().cmp(key)) {
-        Ok(i) => TABLE[i].1,
-        Err(_) => CommandClass::Shared,
+        Ok(i) => (TABLE[i].1, Some(i)),
+        Err(_) => (CommandClass::Shared, None),
     }
 }
 

@@ -255,6 +255,7 @@ pub static TABLE: &[(&str, CommandClass)] = &[
     ("replconf", Refused),
     ("replicaof", Shared),
     ("reset", Context(Ctx::Reset)),
+    ("respipe", Context(Ctx::Respipe)),
     ("restore", Shared),
     ("restore-asking", Shared),
     ("role", Shared),

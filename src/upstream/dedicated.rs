@@ -110,10 +110,13 @@ impl DedicatedPool {
         let mut last = String::new();
         for _ in 0..3 {
             let mut obj = self.pool.get().await.map_err(|e| match e {
-                PoolError::Timeout(_) => format!(
-                    "ERR respipe: no dedicated upstream connection free (all {} in use; see --max-dedicated-conns)",
-                    self.max
-                ),
+                PoolError::Timeout(_) => {
+                    self.shared.metrics.error(crate::admin::ErrorKind::PoolExhausted, 1);
+                    format!(
+                        "ERR respipe: no dedicated upstream connection free (all {} in use; see --max-dedicated-conns)",
+                        self.max
+                    )
+                }
                 PoolError::Backend(_) => self.shared.unavailable(),
                 other => format!("ERR respipe: dedicated pool: {other}"),
             })?;
@@ -138,7 +141,10 @@ impl DedicatedPool {
             )
             .await
             {
-                Ok(()) => return Ok(Lease::start(obj, stream, pushes)),
+                Ok(()) => {
+                    self.shared.metrics.dedicated_leases.increment(1);
+                    return Ok(Lease::start(obj, stream, pushes));
+                }
                 Err(e) => {
                     debug!(error = %e, "pooled connection failed preparation; dropping it");
                     last = format!("ERR upstream {} unavailable: {e}", self.shared.addr);
@@ -152,6 +158,12 @@ impl DedicatedPool {
     /// Connections open (idle or leased), for tests and stats.
     pub fn size(&self) -> usize {
         self.pool.status().size
+    }
+
+    /// Connections (idle in the pool, leased).
+    pub fn counts(&self) -> (usize, usize) {
+        let s = self.pool.status();
+        (s.available, s.size.saturating_sub(s.available))
     }
 }
 

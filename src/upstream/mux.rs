@@ -9,6 +9,7 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
@@ -19,6 +20,7 @@ use super::connect::{connect, Setup};
 use super::pool::MuxSetInner;
 use super::reader::{read_replies, InFlight};
 use super::UpstreamError;
+use crate::admin::Metrics;
 use crate::batch::{BatchQueue, BatchSender, QueuedCommands, WriteBuffer};
 
 /// Never connected yet: commands wait in its queue for the first connection.
@@ -114,7 +116,7 @@ pub(crate) async fn run(index: usize, set: Arc<MuxSetInner>, mut queue: BatchQue
                     if !more {
                         break Ok(());
                     }
-                    if let Err(e) = write_batch(&mut wr, &mut out, &mut batch, &inflight_tx).await {
+                    if let Err(e) = write_batch(&mut wr, &mut out, &mut batch, &inflight_tx, &shared.metrics).await {
                         break Err(e);
                     }
                 }
@@ -146,15 +148,34 @@ async fn write_batch(
     out: &mut WriteBuffer,
     batch: &mut Vec<QueuedCommands>,
     inflight: &mpsc::UnboundedSender<InFlight>,
+    metrics: &Metrics,
 ) -> Result<(), UpstreamError> {
-    for QueuedCommands { bytes, slot, .. } in batch.drain(..) {
+    let started = Instant::now();
+    let (mut commands, mut bytes) = (0u64, 0usize);
+    let last = batch.len().saturating_sub(1);
+    for (
+        i,
+        QueuedCommands {
+            bytes: run,
+            mut slot,
+            ..
+        },
+    ) in batch.drain(..).enumerate()
+    {
+        commands += slot.remaining();
+        bytes += run.len();
+        if i == last {
+            slot.close_round_trip(started);
+        }
         if let Err(lost) = inflight.send(InFlight::Slot(slot)) {
             // The reader is gone: the slot's drop answers "connection lost".
             drop(lost);
             return Err(UpstreamError::Closed);
         }
-        out.put(wr, &bytes).await.map_err(UpstreamError::Io)?;
+        out.put(wr, &run).await.map_err(UpstreamError::Io)?;
     }
+    metrics.batch_commands.record(commands as f64);
+    metrics.batch_bytes.record(bytes as f64);
     out.flush(wr).await.map_err(UpstreamError::Io)
 }
 

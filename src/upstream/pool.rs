@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 use super::connect::ServerInfo;
 use super::mux::{self, reroute_or_fail, UpstreamMux, DOWN, STARTING, UP};
 use super::{UpstreamAddr, UpstreamError};
+use crate::admin::Metrics;
 use crate::batch::{FlushPolicy, QueuedCommands};
 use crate::resp::encode::Proto;
 
@@ -24,11 +25,17 @@ pub struct UpstreamShared {
     databases: AtomicU32,
     server: Mutex<Option<ServerInfo>>,
     last_error: Mutex<Option<String>>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl UpstreamShared {
     /// Shared settings for connections to `addr`.
-    pub fn new(addr: UpstreamAddr, policy: FlushPolicy, connect_timeout: Duration) -> Self {
+    pub fn new(
+        addr: UpstreamAddr,
+        policy: FlushPolicy,
+        connect_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             addr,
             policy,
@@ -38,6 +45,7 @@ impl UpstreamShared {
             databases: AtomicU32::new(0),
             server: Mutex::new(None),
             last_error: Mutex::new(None),
+            metrics,
         }
     }
 
@@ -142,6 +150,12 @@ impl MuxSetInner {
     /// Moves a run off connection `from`, which went down.
     pub(crate) fn reroute(&self, from: usize, q: QueuedCommands) {
         reroute_or_fail(&self.muxes, from, q, || self.shared.unavailable());
+    }
+
+    /// Connections (up, down).
+    pub fn counts(&self) -> (usize, usize) {
+        let up = self.muxes.iter().filter(|m| m.state() == UP).count();
+        (up, self.muxes.len() - up)
     }
 
     /// True when at least one connection is up.

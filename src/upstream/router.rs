@@ -193,6 +193,28 @@ impl Router {
             .copied()
     }
 
+    /// Sets the `respipe_upstream_connections{kind,state}` gauges from the current state
+    /// (called when metrics are read, not on the data path).
+    pub fn refresh_gauges(&self) {
+        let (mut up, mut down) = (0, 0);
+        for set in self.sets.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            let (u, d) = set.counts();
+            up += u;
+            down += d;
+        }
+        let m = &self.shared.metrics;
+        m.upstream_connections("shared", "up", up as f64);
+        m.upstream_connections("shared", "down", down as f64);
+        let (idle, leased) = self.dedicated.counts();
+        m.upstream_connections("dedicated", "idle", idle as f64);
+        m.upstream_connections("dedicated", "leased", leased as f64);
+    }
+
+    /// The proxy's metrics.
+    pub fn metrics(&self) -> &Arc<crate::admin::Metrics> {
+        &self.shared.metrics
+    }
+
     /// Dedicated connections open now (idle or leased).
     pub fn dedicated_open(&self) -> usize {
         self.dedicated.size()
