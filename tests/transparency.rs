@@ -618,3 +618,120 @@ async fn client_authentication() {
         .await
         .starts_with("-ERR AUTH <password> called without any password configured"));
 }
+
+/// Regression tests from review: mode endings and subscription counting behave as Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mode_endings_match_redis() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start_with(&redis, |a| a.max_dedicated_conns = Some(1)).await;
+    // RESET / QUIT in subscribed mode and MONITOR end the mode, with Redis's replies.
+    let mut c = proxy.raw().await;
+    c.send(b"SUBSCRIBE ch\r\nRESET\r\nPING\r\n").await;
+    assert!(c.reply_text().await.starts_with("*3\r\n$9\r\nsubscribe"));
+    assert_eq!(c.reply_text().await, "+RESET\r\n");
+    assert_eq!(c.reply_text().await, "+PONG\r\n");
+    c.send(b"MONITOR\r\n").await;
+    assert_eq!(c.reply_text().await, "+OK\r\n");
+    c.send(b"RESET\r\nPING\r\n").await;
+    assert_eq!(c.reply_text().await, "+RESET\r\n");
+    assert_eq!(c.reply_text().await, "+PONG\r\n");
+    // RESET / QUIT right behind queued commands: their replies come first.
+    c.send(b"MULTI\r\nSET a 1\r\nRESET\r\nWATCH k\r\nGET k\r\nQUIT\r\n")
+        .await;
+    for want in [
+        "+OK\r\n",
+        "+QUEUED\r\n",
+        "+RESET\r\n",
+        "+OK\r\n",
+        "$-1\r\n",
+        "+OK\r\n",
+    ] {
+        assert_eq!(c.reply_text().await, want);
+    }
+    assert!(c.closed().await);
+    // Shard and channel subscriptions are counted apart.
+    let mut s = proxy.raw().await;
+    s.send(b"SUBSCRIBE x\r\nSSUBSCRIBE y\r\nSUNSUBSCRIBE y\r\nGET k\r\n")
+        .await;
+    for _ in 0..3 {
+        assert!(s.reply_text().await.starts_with("*3\r\n"));
+    }
+    assert!(
+        s.reply_text().await.starts_with("-ERR Can't execute 'get'"),
+        "still subscribed to x"
+    );
+    s.send(b"UNSUBSCRIBE\r\nGET k\r\n").await;
+    assert!(s.reply_text().await.starts_with("*3\r\n$11\r\nunsubscribe"));
+    assert_eq!(s.reply_text().await, "$-1\r\n");
+    // RESP3: a partial UNSUBSCRIBE keeps the client subscribed.
+    let mut r3 = proxy.raw().await;
+    r3.send(b"HELLO 3\r\nSUBSCRIBE a b\r\nUNSUBSCRIBE a\r\n")
+        .await;
+    assert!(r3.reply_text().await.starts_with("%7"));
+    for _ in 0..3 {
+        assert!(r3.reply_text().await.starts_with(">3\r\n"));
+    }
+    let mut p = proxy.conn().await;
+    let n: i64 = redis::cmd("PUBLISH")
+        .arg("b")
+        .arg("x")
+        .query_async(&mut p)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(
+        r3.reply_text().await,
+        ">3\r\n$7\r\nmessage\r\n$1\r\nb\r\n$1\r\nx\r\n"
+    );
+    r3.send(b"RESET\r\n").await;
+    assert_eq!(r3.reply_text().await, "+RESET\r\n");
+    // A connection left dirty (SUBSCRIBE run by EXEC) is never handed to the next client.
+    let mut a = proxy.raw().await;
+    a.send(b"MULTI\r\nSUBSCRIBE news\r\nEXEC\r\n").await;
+    assert_eq!(a.reply_text().await, "+OK\r\n");
+    assert_eq!(a.reply_text().await, "+QUEUED\r\n");
+    let _ = a.reply_text().await;
+    for _ in 0..3 {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("news")
+            .arg("m")
+            .query_async(&mut p)
+            .await
+            .unwrap();
+    }
+    let mut b = proxy.raw().await;
+    b.send(b"MULTI\r\nSET q 1\r\nEXEC\r\n").await;
+    for want in ["+OK\r\n", "+QUEUED\r\n", "*1\r\n+OK\r\n"] {
+        assert_eq!(b.reply_text().await, want);
+    }
+}
+
+/// If Redis drops a dedicated connection, its client is told and closed, as a direct
+/// connection would be, instead of getting errors forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_dedicated_connection_closes_its_client() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(&redis).await;
+    let mut c = proxy.raw().await;
+    c.send(b"WATCH k\r\n").await;
+    assert_eq!(c.reply_text().await, "+OK\r\n");
+    let mut direct = common::connect(&redis.direct()).await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    assert!(killed >= 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.send(b"GET k\r\n").await;
+    let reply = c
+        .reply()
+        .await
+        .map(|r| String::from_utf8_lossy(&r).into_owned());
+    assert_eq!(reply.as_deref(), Some("-ERR upstream connection lost\r\n"));
+    assert!(c.closed().await);
+}

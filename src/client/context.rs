@@ -240,6 +240,11 @@ impl Session {
         if let Some(name) = setname {
             self.name = (!name.is_empty()).then_some(name);
         }
+        if proto != self.proto() && self.leased.is_some() {
+            return error_reply(
+                "ERR respipe: HELLO cannot change the protocol during a transaction, WATCH or CLIENT TRACKING",
+            );
+        }
         if proto != self.proto() {
             self.sink.wait_idle().await;
             self.router.set_proto(&mut self.route, proto);
@@ -249,10 +254,8 @@ impl Session {
 
     /// `RESET`: back to a fresh connection's state; any dedicated connection is given up.
     pub(crate) async fn reset(&mut self) {
-        if let Some(l) = self.leased.take() {
-            l.finish(&self.router, self.peer.id).await;
-        }
         self.sink.wait_idle().await;
+        self.drop_lease().await;
         let mut fresh = self.router.new_route(self.peer.id as usize);
         std::mem::swap(&mut self.route, &mut fresh);
         self.name = None;

@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::debug;
 
 use super::session::{Flow, Session};
+use crate::batch::slot::CONNECTION_LOST;
 use crate::resp::command::{CommandClass, Ctx, Ded};
 use crate::resp::encode::ReplyBuf;
 use crate::resp::{encode_command, error_reply, OK};
@@ -19,8 +20,13 @@ use crate::upstream::{Lease, Router};
 /// What the session uses its dedicated connection for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    /// WATCH, MULTI or CLIENT TRACKING are in force (also a blocking call in progress).
-    Txn { multi: bool, tracking: bool },
+    /// WATCH, MULTI or CLIENT TRACKING are in force (or a blocking call is in progress:
+    /// all false).
+    Txn {
+        multi: bool,
+        watching: bool,
+        tracking: bool,
+    },
     /// Subscribed mode: the connection's output is streamed to the client.
     Subscribed,
     /// MONITOR: likewise.
@@ -34,9 +40,52 @@ pub(crate) struct Leased {
     kind: Kind,
     /// Sequence number the stream occupies, in the streaming kinds.
     stream_seq: u64,
+    /// `SELECT` queued inside MULTI: the session follows it at EXEC.
+    pending_db: Option<u32>,
+}
+
+impl Kind {
+    /// A blocking call in progress: nothing else in force.
+    const CALL: Kind = Kind::Txn {
+        multi: false,
+        watching: false,
+        tracking: false,
+    };
+    const MULTI: Kind = Kind::Txn {
+        multi: true,
+        watching: false,
+        tracking: false,
+    };
+    const WATCH: Kind = Kind::Txn {
+        multi: false,
+        watching: true,
+        tracking: false,
+    };
+    const TRACKING: Kind = Kind::Txn {
+        multi: false,
+        watching: false,
+        tracking: true,
+    };
 }
 
 impl Leased {
+    /// Whether the session still needs the connection (state is in force on it).
+    pub(crate) fn needed(&self) -> bool {
+        match self.kind {
+            Kind::Txn {
+                multi,
+                watching,
+                tracking,
+            } => multi || watching || tracking,
+            Kind::Subscribed | Kind::Monitor => true,
+        }
+    }
+
+    /// True once the connection failed.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.lease.is_broken()
+    }
+
     /// Its output is streamed (subscribed mode, MONITOR).
     pub(crate) fn streams(&self) -> bool {
         matches!(self.kind, Kind::Subscribed | Kind::Monitor)
@@ -85,6 +134,9 @@ fn tracking_switch(args: &[Bytes]) -> Option<bool> {
     }
 }
 
+/// How long a sync marker may take before the dedicated connection is given up.
+const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn arity(name: &str) -> Bytes {
     error_reply(&format!(
         "ERR wrong number of arguments for '{name}' command"
@@ -108,27 +160,9 @@ impl Session {
         let name = lower(&args[0]);
         match d {
             Ded::Multi if args.len() != 1 => self.local(arity("multi")),
-            Ded::Multi => {
-                self.enter(
-                    frame,
-                    Kind::Txn {
-                        multi: true,
-                        tracking: false,
-                    },
-                )
-                .await
-            }
+            Ded::Multi => self.enter(frame, Kind::MULTI).await,
             Ded::Watch if args.len() < 2 => self.local(arity("watch")),
-            Ded::Watch => {
-                self.enter(
-                    frame,
-                    Kind::Txn {
-                        multi: false,
-                        tracking: false,
-                    },
-                )
-                .await
-            }
+            Ded::Watch => self.enter(frame, Kind::WATCH).await,
             Ded::Exec | Ded::Discard if args.len() != 1 => self.local(arity(&name)),
             Ded::Exec => self.local(error_reply("ERR EXEC without MULTI")),
             Ded::Discard => self.local(error_reply("ERR DISCARD without MULTI")),
@@ -151,16 +185,7 @@ impl Session {
             Ded::Monitor => self.enter(frame, Kind::Monitor).await,
             Ded::Tracking => match tracking_switch(args) {
                 Some(true) => match self.redirect(args) {
-                    Ok(frame) => {
-                        self.enter(
-                            frame,
-                            Kind::Txn {
-                                multi: false,
-                                tracking: true,
-                            },
-                        )
-                        .await
-                    }
+                    Ok(frame) => self.enter(frame, Kind::TRACKING).await,
                     Err(e) => self.local(e),
                 },
                 // OFF while not tracking, or a syntax error: Redis answers it.
@@ -182,6 +207,7 @@ impl Session {
             lease,
             kind,
             stream_seq: 0,
+            pending_db: None,
         };
         match kind {
             Kind::Txn { .. } => {
@@ -219,14 +245,7 @@ impl Session {
         buf: &mut BytesMut,
         rd: &mut R,
     ) -> Flow {
-        self.enter(
-            frame,
-            Kind::Txn {
-                multi: false,
-                tracking: false,
-            },
-        )
-        .await;
+        self.enter(frame, Kind::CALL).await;
         let present = self.wait_answered(buf, rd).await;
         match self.leased.take() {
             Some(l) if present => l.lease.release().await,
@@ -267,19 +286,31 @@ impl Session {
         buf: &mut BytesMut,
         rd: &mut R,
     ) -> Flow {
+        if self.leased.as_ref().is_some_and(Leased::is_broken) {
+            // Redis dropped the connection and the state on it (a transaction, WATCH,
+            // subscriptions, tracking); tell the client and close, as a direct
+            // connection would have been closed.
+            self.drop_lease().await;
+            self.local_close(error_reply(CONNECTION_LOST));
+            return Flow::Close;
+        }
         match class {
-            CommandClass::Context(Ctx::Quit | Ctx::Reset) | CommandClass::Hostile => {
-                return match class {
-                    CommandClass::Hostile => {
-                        if let Some(l) = self.leased.take() {
-                            l.finish(&self.router, self.peer.id).await;
-                        }
-                        self.local_close(Bytes::new());
-                        Flow::Close
-                    }
-                    CommandClass::Context(c) => self.context(c, args).await,
-                    _ => Flow::Continue,
-                };
+            CommandClass::Hostile => {
+                self.drop_lease().await;
+                self.local_close(Bytes::new());
+                return Flow::Close;
+            }
+            CommandClass::Context(c @ (Ctx::Quit | Ctx::Reset)) => {
+                // Replies still owed are written before the mode ends; a stream is synced
+                // so that everything the connection sent before is delivered first.
+                if self.leased.as_ref().is_some_and(Leased::streams) {
+                    self.stream_sync().await;
+                }
+                if !self.wait_answered(buf, rd).await {
+                    self.drop_lease().await;
+                    return Flow::Close;
+                }
+                return self.context(c, args).await;
             }
             _ => {}
         }
@@ -303,27 +334,38 @@ impl Session {
         buf: &mut BytesMut,
         rd: &mut R,
     ) -> Flow {
-        let Some(Kind::Txn { multi, tracking }) = self.leased.as_ref().map(|l| l.kind) else {
+        let Some(Kind::Txn {
+            multi,
+            watching,
+            tracking,
+        }) = self.leased.as_ref().map(|l| l.kind)
+        else {
             return Flow::Continue;
         };
         let plain = args.len() == 1;
         match class {
             CommandClass::Refused => {
                 self.local(error_reply(&format!(
-                    "ERR '{}' is not supported by respipe",
+                    "ERR '{}' is not supported by respipe: replicas must connect to Redis directly",
                     lower(&args[0])
                 )));
             }
             // Applied by the session's writer, never by the dedicated connection.
             CommandClass::Context(c @ Ctx::ClientReply) => return self.context(c, args).await,
             CommandClass::Context(Ctx::Select) => {
-                // Forwarded so the dedicated connection follows; the session follows too
-                // (inside MULTI, Redis applies it at EXEC, before anything that follows).
+                // Forwarded so the dedicated connection follows. The session follows at
+                // once, or, inside MULTI, when EXEC runs it.
                 match args.get(1).map(|db| self.router.check_db(db)) {
                     Some(Ok(db)) if args.len() == 2 => {
-                        let _ = self
-                            .router
-                            .select(&mut self.route, db.to_string().as_bytes());
+                        if multi {
+                            if let Some(l) = self.leased.as_mut() {
+                                l.pending_db = Some(db);
+                            }
+                        } else {
+                            let _ = self
+                                .router
+                                .select(&mut self.route, db.to_string().as_bytes());
+                        }
                         self.forward(frame, 1).await;
                     }
                     _ if multi => self.forward(frame, 1).await,
@@ -337,33 +379,63 @@ impl Session {
                 if plain {
                     self.set_kind(Kind::Txn {
                         multi: true,
+                        watching,
                         tracking,
                     });
                 }
             }
-            CommandClass::Dedicated(Ded::Tracking) if !multi => match tracking_switch(args) {
-                Some(on) => match self.redirect(args) {
-                    Ok(frame) => {
+            CommandClass::Dedicated(Ded::Watch) if !multi && args.len() >= 2 => {
+                self.forward(frame, 1).await;
+                self.set_kind(Kind::Txn {
+                    multi,
+                    watching: true,
+                    tracking,
+                });
+            }
+            // In every mode: a REDIRECT id must be rewritten (or refused), never passed on.
+            CommandClass::Dedicated(Ded::Tracking) => {
+                match (tracking_switch(args), self.redirect(args)) {
+                    (Some(on), Ok(frame)) => {
                         self.forward(frame, 1).await;
                         self.set_kind(Kind::Txn {
-                            multi: false,
+                            multi,
+                            watching,
                             tracking: on,
                         });
-                        if !on {
-                            return self.leave(buf, rd).await;
+                        if !on && !multi {
+                            return self.settle(buf, rd).await;
                         }
                     }
-                    Err(e) => self.local(e),
-                },
-                None => self.forward(frame, 1).await,
-            },
-            CommandClass::Dedicated(Ded::Exec | Ded::Discard) if multi && plain => {
+                    (_, Err(e)) => self.local(e),
+                    (None, Ok(_)) => self.forward(frame, 1).await,
+                }
+            }
+            CommandClass::Dedicated(d @ (Ded::Exec | Ded::Discard)) if multi && plain => {
                 self.forward(frame, 1).await;
-                return self.leave(buf, rd).await;
+                // EXEC and DISCARD both end the transaction and unwatch everything.
+                if let Some(l) = self.leased.as_mut() {
+                    l.kind = Kind::Txn {
+                        multi: false,
+                        watching: false,
+                        tracking,
+                    };
+                    let db = l.pending_db.take();
+                    if let (Ded::Exec, Some(db)) = (d, db) {
+                        let _ = self
+                            .router
+                            .select(&mut self.route, db.to_string().as_bytes());
+                    }
+                }
+                return self.settle(buf, rd).await;
             }
             CommandClass::Dedicated(Ded::Unwatch) if !multi && plain => {
                 self.forward(frame, 1).await;
-                return self.leave(buf, rd).await;
+                self.set_kind(Kind::Txn {
+                    multi,
+                    watching: false,
+                    tracking,
+                });
+                return self.settle(buf, rd).await;
             }
             CommandClass::Dedicated(Ded::Blocking | Ded::BlockingWithArg) if !multi => {
                 // It blocks this session's own connection, as on Redis.
@@ -371,6 +443,9 @@ impl Session {
                 if !self.wait_answered(buf, rd).await {
                     return Flow::Close;
                 }
+            }
+            CommandClass::Dedicated(Ded::Subscribe) if !multi && args.len() < 2 => {
+                self.local(arity(&lower(&args[0])));
             }
             CommandClass::Dedicated(d @ (Ded::Subscribe | Ded::Monitor)) if !multi => {
                 let kind = if d == Ded::Monitor {
@@ -381,6 +456,10 @@ impl Session {
                 let (sink, seq) = (self.sink.clone(), self.seq);
                 self.seq += 1;
                 if let Some(l) = self.leased.as_mut() {
+                    if kind == Kind::Subscribed {
+                        self.router
+                            .set_redirect_target(self.peer.id, l.lease.upstream_id());
+                    }
                     l.kind = kind;
                     l.stream_seq = seq;
                     l.send(&frame, InFlight::Stream { sink, seq }).await;
@@ -391,6 +470,13 @@ impl Session {
         Flow::Continue
     }
 
+    /// Gives the dedicated connection up (released or closed as its kind requires).
+    pub(crate) async fn drop_lease(&mut self) {
+        if let Some(l) = self.leased.take() {
+            l.finish(&self.router, self.peer.id).await;
+        }
+    }
+
     fn set_kind(&mut self, kind: Kind) {
         if let Some(l) = self.leased.as_mut() {
             l.kind = kind;
@@ -398,31 +484,21 @@ impl Session {
     }
 
     /// After EXEC/DISCARD/UNWATCH/CLIENT TRACKING OFF: waits for the answer, then gives
-    /// the connection back, unless tracking still needs it.
-    async fn leave<R: AsyncRead + Unpin>(&mut self, buf: &mut BytesMut, rd: &mut R) -> Flow {
+    /// the connection back if no state needs it any more.
+    async fn settle<R: AsyncRead + Unpin>(&mut self, buf: &mut BytesMut, rd: &mut R) -> Flow {
         let present = self.wait_answered(buf, rd).await;
-        if present
-            && matches!(
-                self.leased.as_ref().map(|l| l.kind),
-                Some(Kind::Txn { tracking: true, .. })
-            )
-        {
-            self.set_kind(Kind::Txn {
-                multi: false,
-                tracking: true,
-            });
-            return Flow::Continue;
+        if !present {
+            if let Some(l) = self.leased.take() {
+                l.lease.abort();
+            }
+            return Flow::Close;
         }
-        match self.leased.take() {
-            Some(l) if present => l.lease.release().await,
-            Some(l) => l.lease.abort(),
-            None => {}
+        if self.leased.as_ref().is_some_and(|l| !l.needed()) {
+            if let Some(l) = self.leased.take() {
+                l.lease.release().await;
+            }
         }
-        if present {
-            Flow::Continue
-        } else {
-            Flow::Close
-        }
+        Flow::Continue
     }
 
     /// Subscribed mode and MONITOR: commands go to the dedicated connection as they are;
@@ -431,12 +507,24 @@ impl Session {
         let Some(l) = self.leased.as_mut() else {
             return;
         };
-        if class == CommandClass::Refused {
-            let msg = error_reply(&format!(
-                "ERR '{}' is not supported by respipe",
+        // Answered at the stream's position: refused commands, and CLIENT REPLY, which the
+        // proxy applies itself and must never reach the connection it reads the stream from.
+        let refusal = match class {
+            CommandClass::Refused => Some(format!(
+                "ERR '{}' is not supported by respipe: replicas must connect to Redis directly",
                 lower(&args[0])
-            ));
-            self.sink.stream(l.stream_seq, msg);
+            )),
+            CommandClass::Context(Ctx::ClientReply) => Some(
+                "ERR respipe: CLIENT REPLY is not supported in subscribed mode or MONITOR"
+                    .to_string(),
+            ),
+            CommandClass::Context(Ctx::Hello) => Some(
+                "ERR respipe: HELLO is not supported in subscribed mode or MONITOR".to_string(),
+            ),
+            _ => None,
+        };
+        if let Some(msg) = refusal {
+            self.sink.stream(l.stream_seq, error_reply(&msg));
             return;
         }
         if let Err(e) = l.lease.write(&frame).await {
@@ -466,20 +554,38 @@ impl Session {
         }
     }
 
-    async fn unsubscribe_sync(&mut self) {
-        self.syncs += 1;
+    /// Sends a sync marker on the dedicated connection and waits (bounded) for it: all
+    /// it sent before has then been streamed. Returns the subscriptions left, or -1 when
+    /// the connection did not answer.
+    async fn stream_sync(&mut self) -> i64 {
+        self.syncs = self.syncs.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let token = self.syncs;
         let Some(l) = self.leased.as_mut() else {
-            return;
+            return -1;
         };
-        let left = match l.lease.sync(token).await {
-            Ok(rx) => rx.await.unwrap_or(-1),
+        match l.lease.sync(token).await {
+            Ok(rx) => tokio::time::timeout(SYNC_TIMEOUT, rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(-1),
             Err(_) => -1,
-        };
-        if left == 0 {
-            if let Some(l) = self.leased.take() {
-                l.lease.release().await;
+        }
+    }
+
+    async fn unsubscribe_sync(&mut self) {
+        let left = self.stream_sync().await;
+        match left {
+            0 => {
+                if let Some(l) = self.leased.take() {
+                    l.lease.release().await;
+                }
             }
+            n if n < 0 => {
+                debug!("dedicated connection did not answer its sync marker; closing it");
+                self.drop_lease().await;
+            }
+            _ => {}
         }
     }
 

@@ -164,6 +164,13 @@ pub(crate) struct Session {
     read_at: Option<Instant>,
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        // However the session ended, it is no longer a tracking redirect target.
+        self.router.set_redirect_target(self.peer.id, None);
+    }
+}
+
 /// Consecutive commands at the front of the read buffer that leave together.
 #[derive(Default)]
 struct Run {
@@ -180,7 +187,12 @@ impl Session {
             limits: env.limits,
             authed: !env.auth.required(),
             auth: env.auth,
-            syncs: peer.id << 32,
+            syncs: {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u64(peer.id);
+                h.finish()
+            },
             timings: Vec::new(),
             read_at: None,
             peer,
@@ -250,6 +262,14 @@ impl Session {
     async fn process<R: AsyncRead + Unpin>(&mut self, buf: &mut BytesMut, rd: &mut R) -> Flow {
         let mut run = Run::default();
         loop {
+            if self.leased.as_ref().is_some_and(Leased::is_broken) {
+                // Redis dropped the dedicated connection and its state: close, as a
+                // direct connection would have been.
+                self.flush_run(buf, &mut run).await;
+                self.drop_lease().await;
+                self.local_close(error_reply(crate::batch::slot::CONNECTION_LOST));
+                return Flow::Close;
+            }
             let request = match self.scanner.scan(&buf[run.bytes..]) {
                 Ok(Some(r)) => r,
                 Ok(None) => break,

@@ -172,6 +172,16 @@ async fn handshake(
             }
             continue;
         }
+        // A reused connection must answer RESET first and with nothing before it: a
+        // message or push still queued from its last user means it was not clean.
+        if *step == "RESET"
+            && !matches!(&reply, OwnedFrame::SimpleString { data, .. } if data == b"RESET")
+        {
+            return Err(UpstreamError::Handshake {
+                step,
+                msg: "unexpected reply before +RESET".into(),
+            });
+        }
         match *step {
             "HELLO" => server = Some(server_info(&reply)),
             "CLIENT ID" => client_id = text(&reply).and_then(|t| t.parse().ok()),

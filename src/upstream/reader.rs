@@ -13,7 +13,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot};
-use tracing::debug;
+use tracing::warn;
 
 use super::UpstreamError;
 use crate::batch::slot::CONNECTION_LOST;
@@ -60,9 +60,11 @@ pub struct ReaderEnd {
 
 /// Reads replies until stopped or the connection fails. With `pushes` (a dedicated
 /// connection's session), RESP3 push frames that answer no command (client-side caching
-/// invalidations) go to it out of band. Whatever is still in flight at
-/// the end is answered "connection lost" (never replayed: it may have run); a session in
-/// streaming mode gets that error and is closed.
+/// invalidations) go to it out of band; on a multiplexed connection such a frame is never
+/// taken for a reply (it is dropped and logged). Whatever is still in flight at the end is
+/// answered "connection lost" (never replayed: it may have run). A session in streaming
+/// mode is told the stream ended when the reader was asked to stop, and gets that error
+/// and is closed when the connection failed.
 pub async fn read_replies(
     mut rd: OwnedReadHalf,
     mut inflight: mpsc::UnboundedReceiver<InFlight>,
@@ -73,7 +75,7 @@ pub async fn read_replies(
     let mut scanner = ReplyScanner::new();
     let mut queue: VecDeque<InFlight> = VecDeque::new();
     let mut stream: Option<(Arc<ReplySink>, u64)> = None;
-    let mut subs: i64 = 0;
+    let mut subs = Subscriptions::default();
     let result = 'conn: loop {
         // Replies of the head slot scanned but not yet delivered; their bytes are buf[..scanned].
         let (mut pending, mut scanned) = (0u64, 0usize);
@@ -81,8 +83,18 @@ pub async fn read_replies(
             if stream.is_none() && queue.is_empty() {
                 match inflight.try_recv() {
                     Ok(x) => queue.push_back(x),
-                    Err(_) if pushes.is_some() && buf.get(scanned) == Some(&b'>') => {}
+                    Err(_) if buf.get(scanned) == Some(&b'>') => {}
                     Err(_) => break,
+                }
+            }
+            // A stream starts where it was queued: before any frame that follows it.
+            if stream.is_none()
+                && pending == 0
+                && matches!(queue.front(), Some(InFlight::Stream { .. }))
+            {
+                if let Some(InFlight::Stream { sink, seq }) = queue.pop_front() {
+                    stream = Some((sink, seq));
+                    subs = Subscriptions::default();
                 }
             }
             let len = match scanner.scan(&buf[scanned..]) {
@@ -98,22 +110,20 @@ pub async fn read_replies(
                 if let Some(InFlight::Sync { token, .. }) = queue.front() {
                     if is_sync_reply(&frame, token) {
                         if let Some(InFlight::Sync { done, .. }) = queue.pop_front() {
-                            let _ = done.send(subs);
+                            let _ = done.send(subs.total());
                         }
-                        if subs <= 0 {
+                        if subs.total() <= 0 {
                             sink.stream_end(*seq);
                             stream = None;
                         }
                         continue;
                     }
                 }
-                if let Some(n) = subscription_count(&frame) {
-                    subs = n;
-                }
+                subs.note(&frame);
                 sink.stream(*seq, frame);
                 continue;
             }
-            if let (Some(sink), Some(b'>')) = (&pushes, buf.get(scanned)) {
+            if buf.get(scanned) == Some(&b'>') {
                 // Out of band: replies before it leave first, then the push.
                 if pending > 0 {
                     if let Some(InFlight::Slot(slot)) = queue.front_mut() {
@@ -121,7 +131,14 @@ pub async fn read_replies(
                     }
                     (pending, scanned) = (0, 0);
                 }
-                sink.out_of_band(buf.split_to(len).freeze());
+                let push = buf.split_to(len).freeze();
+                match &pushes {
+                    Some(sink) => sink.out_of_band(push),
+                    None => warn!(
+                        bytes = push.len(),
+                        "dropped a RESP3 push on a shared connection"
+                    ),
+                }
                 continue;
             }
             match queue.front_mut() {
@@ -135,11 +152,9 @@ pub async fn read_replies(
                     }
                 }
                 Some(InFlight::Stream { .. }) => {
-                    // The frame is scanned again, now as part of the stream.
-                    if let Some(InFlight::Stream { sink, seq }) = queue.pop_front() {
-                        stream = Some((sink, seq));
-                        subs = 0;
-                    }
+                    // Only reachable with a partial slot before it: cannot happen, as a
+                    // slot completes before the next entry is looked at.
+                    break 'conn Err(UpstreamError::Unsolicited);
                 }
                 Some(InFlight::Sync { token, .. }) => {
                     if !is_sync_reply(&buf[..len], token) {
@@ -158,11 +173,7 @@ pub async fn read_replies(
                 slot.complete(pending, buf.split_to(scanned).freeze());
             }
         }
-        if stream.is_none()
-            && queue.is_empty()
-            && !buf.is_empty()
-            && !(pushes.is_some() && buf[0] == b'>')
-        {
+        if stream.is_none() && queue.is_empty() && !buf.is_empty() && buf[0] != b'>' {
             break Err(UpstreamError::Unsolicited);
         }
         if buf.capacity() - buf.len() < READ_CHUNK / 8 {
@@ -183,18 +194,48 @@ pub async fn read_replies(
         queue.push_back(x);
     }
     let clean = queue.is_empty() && stream.is_none() && buf.is_empty();
-    if !queue.is_empty() {
-        debug!(
-            entries = queue.len(),
-            "in-flight commands answered with connection lost"
-        );
+    // A stream not yet started counts as started: its session waits at its position.
+    let mut streams: Vec<(Arc<ReplySink>, u64)> = stream.into_iter().collect();
+    for entry in queue.drain(..) {
+        match entry {
+            InFlight::Stream { sink, seq } => streams.push((sink, seq)),
+            // Dropping a slot answers "connection lost"; a sync waiter sees it closed.
+            other => drop(other),
+        }
     }
-    // Dropping the slots answers them; a stream's session is told and closed.
-    drop(queue);
-    if let Some((sink, seq)) = stream {
-        sink.local(seq, error_reply(CONNECTION_LOST), true);
+    for (sink, seq) in streams {
+        if result.is_ok() {
+            // Asked to stop (RESET, QUIT): the stream simply ends.
+            sink.stream_end(seq);
+        } else {
+            sink.local(seq, error_reply(CONNECTION_LOST), true);
+        }
     }
     ReaderEnd { rd, result, clean }
+}
+
+/// Subscriptions open on a connection, as Redis counts them in its confirmations:
+/// channels and patterns together, shard channels apart.
+#[derive(Debug, Default, Clone, Copy)]
+struct Subscriptions {
+    channels: i64,
+    shards: i64,
+}
+
+impl Subscriptions {
+    fn total(&self) -> i64 {
+        self.channels + self.shards
+    }
+
+    fn note(&mut self, frame: &[u8]) {
+        if let Some((shard, n)) = subscription_count(frame) {
+            if shard {
+                self.shards = n;
+            } else {
+                self.channels = n;
+            }
+        }
+    }
 }
 
 /// `PING <token>`'s reply: `$n token` (also RESP3 in subscribed mode) or, in RESP2
@@ -208,8 +249,9 @@ fn is_sync_reply(frame: &[u8], token: &[u8]) -> bool {
 }
 
 /// The subscription count in a (un)subscribe confirmation:
-/// `[subscribe|psubscribe|ssubscribe|unsubscribe|…, channel, count]`.
-fn subscription_count(frame: &[u8]) -> Option<i64> {
+/// `[subscribe|psubscribe|ssubscribe|unsubscribe|…, channel, count]`, and whether it
+/// counts shard channels (`ssubscribe`, `sunsubscribe`).
+fn subscription_count(frame: &[u8]) -> Option<(bool, i64)> {
     if frame.len() > 1024 || !(frame.starts_with(b"*3\r\n$") || frame.starts_with(b">3\r\n$")) {
         return None;
     }
@@ -234,8 +276,9 @@ fn subscription_count(frame: &[u8]) -> Option<i64> {
     if !known.contains(&kind.as_slice()) {
         return None;
     }
+    let shard = kind.starts_with(b"s") && kind != b"subscribe";
     match data.get(2)? {
-        OwnedFrame::Number { data, .. } => Some(*data),
+        OwnedFrame::Number { data, .. } => Some((shard, *data)),
         _ => None,
     }
 }
@@ -262,11 +305,15 @@ mod tests {
     fn subscription_counts() {
         assert_eq!(
             subscription_count(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:2\r\n"),
-            Some(2)
+            Some((false, 2))
+        );
+        assert_eq!(
+            subscription_count(b"*3\r\n$12\r\nsunsubscribe\r\n$1\r\na\r\n:0\r\n"),
+            Some((true, 0))
         );
         assert_eq!(
             subscription_count(b">3\r\n$11\r\nunsubscribe\r\n_\r\n:0\r\n"),
-            Some(0)
+            Some((false, 0))
         );
         assert_eq!(
             subscription_count(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nb\r\n"),
