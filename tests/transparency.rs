@@ -735,3 +735,79 @@ async fn broken_dedicated_connection_closes_its_client() {
     assert_eq!(reply.as_deref(), Some("-ERR upstream connection lost\r\n"));
     assert!(c.closed().await);
 }
+
+/// What real clients send on connect (shared/notes/client-handshakes.md), byte for byte:
+/// every command answered as Redis would, none by closing the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_handshakes_are_answered() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start_with(&redis, |a| a.client_password = Some("pw".into())).await;
+    // ioredis 6: lowercase hello 3, two CLIENT SETINFO, MAINT_NOTIFICATIONS, then INFO.
+    let mut io = proxy.raw().await;
+    io.send(&cmd(&["hello", "3", "AUTH", "default", "pw"]))
+        .await;
+    assert!(io.reply_text().await.starts_with("%7\r\n"));
+    io.send(
+        &[
+            cmd(&["client", "SETINFO", "LIB-VER", "6.1.0"]),
+            cmd(&["client", "SETINFO", "LIB-NAME", "ioredis"]),
+            cmd(&[
+                "client",
+                "MAINT_NOTIFICATIONS",
+                "ON",
+                "moving-endpoint-type",
+                "internal-ip",
+            ]),
+            cmd(&["info"]),
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(io.reply_text().await, "+OK\r\n");
+    assert_eq!(io.reply_text().await, "+OK\r\n");
+    assert!(
+        io.reply_text().await.starts_with('-'),
+        "an error reply, as from Redis 7.0"
+    );
+    let info = io.reply_text().await;
+    assert!(info.contains("redis_version:"), "{info}");
+    // go-redis v9: HELLO 3 AUTH … SETNAME …, then one pipeline of SELECT + CLIENT SETNAME,
+    // then one of CLIENT SETINFO ×2.
+    let mut go = proxy.raw().await;
+    go.send(&cmd(&[
+        "HELLO", "3", "AUTH", "default", "pw", "SETNAME", "worker-1",
+    ]))
+    .await;
+    assert!(go.reply_text().await.starts_with("%7\r\n"));
+    go.send(
+        &[
+            cmd(&["SELECT", "2"]),
+            cmd(&["CLIENT", "SETNAME", "worker-1"]),
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(go.reply_text().await, "+OK\r\n");
+    assert_eq!(go.reply_text().await, "+OK\r\n");
+    go.send(
+        &[
+            cmd(&["CLIENT", "SETINFO", "LIB-NAME", "go-redis(,go1.22)"]),
+            cmd(&["CLIENT", "SETINFO", "LIB-VER", "9.5.1"]),
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(go.reply_text().await, "+OK\r\n");
+    assert_eq!(go.reply_text().await, "+OK\r\n");
+    go.send(&[cmd(&["SET", "k", "v"]), cmd(&["GET", "k"])].concat())
+        .await;
+    assert_eq!(go.reply_text().await, "+OK\r\n");
+    assert_eq!(go.reply_text().await, "$1\r\nv\r\n");
+    // A wrong password in HELLO is an error reply (go-redis then falls back to AUTH).
+    let mut bad = proxy.raw().await;
+    bad.send(&cmd(&["HELLO", "3", "AUTH", "default", "nope"]))
+        .await;
+    assert!(bad.reply_text().await.starts_with("-WRONGPASS"));
+    bad.send(&cmd(&["AUTH", "pw"])).await;
+    assert_eq!(bad.reply_text().await, "+OK\r\n");
+}
