@@ -36,6 +36,8 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT_MS: u64 = 3000;
     /// Worker threads: one, see `main.rs`.
     pub const THREADS: usize = 1;
+    /// Upstream command timeout in milliseconds (0: none).
+    pub const UPSTREAM_TIMEOUT_MS: u64 = 30_000;
     /// Dedicated connections (transactions, blocking calls, pub/sub) at most.
     pub const MAX_DEDICATED_CONNS: usize = 64;
     /// How long a command waits for a free dedicated connection, in milliseconds.
@@ -77,6 +79,10 @@ pub struct Args {
     /// Disconnect a client whose unread replies exceed this many bytes (0: no limit) [default: 1073741824]
     #[arg(long, env = "RESPIPE_CLIENT_OUTPUT_LIMIT")]
     pub client_output_limit: Option<usize>,
+
+    /// Close a shared upstream connection whose oldest command has no reply after this many ms; its commands get an error (0: never) [default: 30000]
+    #[arg(long, env = "RESPIPE_UPSTREAM_TIMEOUT_MS")]
+    pub upstream_timeout_ms: Option<u64>,
 
     /// Upstream connect and handshake timeout in milliseconds [default: 3000]
     #[arg(long, env = "RESPIPE_CONNECT_TIMEOUT_MS")]
@@ -128,6 +134,7 @@ struct FileConfig {
     metrics: Option<String>,
     client_output_limit: Option<usize>,
     connect_timeout_ms: Option<u64>,
+    upstream_timeout_ms: Option<u64>,
     threads: Option<usize>,
     max_dedicated_conns: Option<usize>,
     dedicated_wait_ms: Option<u64>,
@@ -154,6 +161,8 @@ pub struct Config {
     pub limits: SessionLimits,
     /// Upstream connect + handshake timeout.
     pub connect_timeout: Duration,
+    /// Shared-connection command timeout; `None` for none.
+    pub upstream_timeout: Option<Duration>,
     /// Worker threads.
     pub threads: usize,
     /// Dedicated connections at most.
@@ -296,7 +305,16 @@ impl Config {
         };
         let command_metrics =
             !(args.disable_command_metrics || file.disable_command_metrics.unwrap_or(false));
+        let upstream_timeout = match args
+            .upstream_timeout_ms
+            .or(file.upstream_timeout_ms)
+            .unwrap_or(defaults::UPSTREAM_TIMEOUT_MS)
+        {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        };
         Ok(Self {
+            upstream_timeout,
             log_json,
             command_metrics,
             max_dedicated_conns,

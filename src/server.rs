@@ -56,7 +56,8 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         config.flush.clone(),
         config.connect_timeout,
         metrics.clone(),
-    );
+    )
+    .with_command_timeout(config.upstream_timeout);
     let router = Router::start(
         shared,
         config.upstream_conns,

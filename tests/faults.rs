@@ -281,3 +281,41 @@ async fn a_client_that_never_reads_stalls_nobody() {
         "a client over its output limit should be disconnected"
     );
 }
+
+/// A stalled upstream (here: Redis paused with CLIENT PAUSE) does not hang clients past
+/// `--upstream-timeout-ms`: the command gets an error, the connection is re-made, and
+/// service resumes by itself when Redis does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_upstream_times_out_then_recovers() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start_with(&redis, |a| a.upstream_timeout_ms = Some(300)).await;
+    let mut c = proxy.raw().await;
+    c.send(b"SET k v\r\n").await;
+    assert_eq!(c.reply_text().await, "+OK\r\n");
+    let mut direct = common::connect(&redis.direct()).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("ALL")
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    c.send(b"GET k\r\n").await;
+    let reply = c.reply_text().await;
+    assert!(reply.starts_with("-ERR upstream timed out"), "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "took {:?}",
+        started.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        c.send(b"GET k\r\n").await;
+        if c.reply_text().await == "$1\r\nv\r\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -256,6 +256,8 @@ pub struct ReplySlot {
     /// When the pipeline write this slot ended was made: its last reply closes the
     /// upstream round trip (`respipe_upstream_rtt_seconds`).
     rtt_from: Option<Instant>,
+    /// When its commands were written upstream (for the command timeout).
+    sent_at: Option<Instant>,
 }
 
 impl ReplySlot {
@@ -268,6 +270,7 @@ impl ReplySlot {
             remaining: count,
             silent: false,
             rtt_from: None,
+            sent_at: None,
         }
     }
 
@@ -275,6 +278,25 @@ impl ReplySlot {
     pub fn silenced(mut self, silent: bool) -> Self {
         self.silent = silent;
         self
+    }
+
+    /// Records when its commands were written upstream.
+    pub fn mark_sent(&mut self, at: Instant) {
+        self.sent_at = Some(at);
+    }
+
+    /// When its commands were written upstream, if they were.
+    pub fn sent_at(&self) -> Option<Instant> {
+        self.sent_at
+    }
+
+    /// Answers every outstanding command with `text`: they were sent and may have run
+    /// (counted as `upstream_lost`).
+    pub fn fail_sent(mut self, text: &str) {
+        self.sink
+            .metrics
+            .error(ErrorKind::UpstreamLost, self.remaining);
+        self.fail_remaining(text);
     }
 
     /// Marks this slot as the last of a pipeline write made at `at`.

@@ -183,7 +183,8 @@ impl Lease {
         let (rd, wr) = stream.into_split();
         let (inflight, rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = oneshot::channel();
-        let reader = tokio::spawn(read_replies(rd, rx, stop_rx, Some(pushes)));
+        // No command timeout here: blocking calls legitimately wait as long as they asked.
+        let reader = tokio::spawn(read_replies(rd, rx, stop_rx, Some(pushes), None));
         Self {
             obj,
             wr,

@@ -36,4 +36,6 @@ pub enum UpstreamError {
     Unsolicited,
     #[error("connection closed by upstream")]
     Closed,
+    #[error("a command got no reply within the upstream timeout")]
+    CommandTimeout,
 }

@@ -106,7 +106,13 @@ pub(crate) async fn run(index: usize, set: Arc<MuxSetInner>, mut queue: BatchQue
         let (rd, mut wr) = conn.stream.into_split();
         let (inflight_tx, inflight_rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = oneshot::channel();
-        let mut reader = tokio::spawn(read_replies(rd, inflight_rx, stop_rx, None));
+        let mut reader = tokio::spawn(read_replies(
+            rd,
+            inflight_rx,
+            stop_rx,
+            None,
+            shared.command_timeout,
+        ));
         let mut out = WriteBuffer::new();
         let ended: Result<(), UpstreamError> = loop {
             tokio::select! {
@@ -164,6 +170,7 @@ async fn write_batch(
     {
         commands += slot.remaining();
         bytes += run.len();
+        slot.mark_sent(started);
         if i == last {
             slot.close_round_trip(started);
         }

@@ -26,6 +26,8 @@ pub struct UpstreamShared {
     server: Mutex<Option<ServerInfo>>,
     last_error: Mutex<Option<String>>,
     pub(crate) metrics: Arc<Metrics>,
+    /// A shared connection whose oldest command waits longer than this is closed.
+    pub(crate) command_timeout: Option<Duration>,
 }
 
 impl UpstreamShared {
@@ -46,7 +48,14 @@ impl UpstreamShared {
             server: Mutex::new(None),
             last_error: Mutex::new(None),
             metrics,
+            command_timeout: None,
         }
+    }
+
+    /// Sets the command timeout of shared connections (`None`: wait as long as TCP does).
+    pub fn with_command_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.command_timeout = timeout;
+        self
     }
 
     /// Redis's database count, once known.

@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
@@ -70,6 +71,7 @@ pub async fn read_replies(
     mut inflight: mpsc::UnboundedReceiver<InFlight>,
     mut stop: oneshot::Receiver<()>,
     pushes: Option<Arc<ReplySink>>,
+    timeout: Option<Duration>,
 ) -> ReaderEnd {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scanner = ReplyScanner::new();
@@ -179,6 +181,16 @@ pub async fn read_replies(
         if buf.capacity() - buf.len() < READ_CHUNK / 8 {
             buf.reserve(READ_CHUNK.max(buf.len()));
         }
+        // The oldest command sent bounds the wait (shared connections only).
+        if queue.is_empty() {
+            if let Ok(x) = inflight.try_recv() {
+                queue.push_back(x);
+            }
+        }
+        let deadline = match (timeout, queue.front()) {
+            (Some(t), Some(InFlight::Slot(slot))) => slot.sent_at().map(|at| at + t),
+            _ => None,
+        };
         tokio::select! {
             biased;
             _ = &mut stop => break Ok(()),
@@ -187,6 +199,9 @@ pub async fn read_replies(
                 Ok(_) => {}
                 Err(e) => break Err(UpstreamError::Io(e)),
             },
+            _ = sleep_until_opt(deadline) => break Err(UpstreamError::CommandTimeout),
+            // With a timeout, a command sent while the connection is idle starts the clock.
+            Some(x) = inflight.recv(), if timeout.is_some() && queue.is_empty() => queue.push_back(x),
         }
     };
     inflight.close();
@@ -196,9 +211,11 @@ pub async fn read_replies(
     let clean = queue.is_empty() && stream.is_none() && buf.is_empty();
     // A stream not yet started counts as started: its session waits at its position.
     let mut streams: Vec<(Arc<ReplySink>, u64)> = stream.into_iter().collect();
+    let timed_out = matches!(result, Err(UpstreamError::CommandTimeout));
     for entry in queue.drain(..) {
         match entry {
             InFlight::Stream { sink, seq } => streams.push((sink, seq)),
+            InFlight::Slot(slot) if timed_out => slot.fail_sent(TIMED_OUT),
             // Dropping a slot answers "connection lost"; a sync waiter sees it closed.
             other => drop(other),
         }
@@ -212,6 +229,19 @@ pub async fn read_replies(
         }
     }
     ReaderEnd { rd, result, clean }
+}
+
+/// The reply to commands on a connection closed for the command timeout: they were sent
+/// and may have run, so they are not replayed.
+pub const TIMED_OUT: &str =
+    "ERR upstream timed out; the connection was closed (the command may have run)";
+
+/// Waits until `deadline`, or forever without one.
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Subscriptions open on a connection, as Redis counts them in its confirmations:
