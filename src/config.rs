@@ -36,6 +36,10 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT_MS: u64 = 3000;
     /// Worker threads: one, see `main.rs`.
     pub const THREADS: usize = 1;
+    /// Clients at most (Redis's maxclients default).
+    pub const MAX_CLIENTS: usize = 10_000;
+    /// How long a shutdown waits for in-flight replies, in milliseconds.
+    pub const DRAIN_TIMEOUT_MS: u64 = 5_000;
     /// Upstream command timeout in milliseconds (0: none).
     pub const UPSTREAM_TIMEOUT_MS: u64 = 30_000;
     /// Dedicated connections (transactions, blocking calls, pub/sub) at most.
@@ -79,6 +83,14 @@ pub struct Args {
     /// Disconnect a client whose unread replies exceed this many bytes (0: no limit) [default: 1073741824]
     #[arg(long, env = "RESPIPE_CLIENT_OUTPUT_LIMIT")]
     pub client_output_limit: Option<usize>,
+
+    /// Refuse clients beyond this many with Redis's "max number of clients reached" [default: 10000]
+    #[arg(long, env = "RESPIPE_MAX_CLIENTS")]
+    pub max_clients: Option<usize>,
+
+    /// On SIGTERM/SIGINT, wait up to this many ms for in-flight replies before exiting [default: 5000]
+    #[arg(long, env = "RESPIPE_DRAIN_TIMEOUT_MS")]
+    pub drain_timeout_ms: Option<u64>,
 
     /// Close a shared upstream connection whose oldest command has no reply after this many ms; its commands get an error (0: never) [default: 30000]
     #[arg(long, env = "RESPIPE_UPSTREAM_TIMEOUT_MS")]
@@ -135,6 +147,8 @@ struct FileConfig {
     client_output_limit: Option<usize>,
     connect_timeout_ms: Option<u64>,
     upstream_timeout_ms: Option<u64>,
+    max_clients: Option<usize>,
+    drain_timeout_ms: Option<u64>,
     threads: Option<usize>,
     max_dedicated_conns: Option<usize>,
     dedicated_wait_ms: Option<u64>,
@@ -163,6 +177,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Shared-connection command timeout; `None` for none.
     pub upstream_timeout: Option<Duration>,
+    /// How long a shutdown waits for in-flight replies.
+    pub drain_timeout: Duration,
     /// Worker threads.
     pub threads: usize,
     /// Dedicated connections at most.
@@ -264,7 +280,7 @@ impl Config {
             ),
         };
         let threads = positive("threads", args.threads.or(file.threads), defaults::THREADS)?;
-        let limits = SessionLimits {
+        let mut limits = SessionLimits {
             output_limit: args
                 .client_output_limit
                 .or(file.client_output_limit)
@@ -313,7 +329,18 @@ impl Config {
             0 => None,
             ms => Some(Duration::from_millis(ms)),
         };
+        let drain_timeout = Duration::from_millis(
+            args.drain_timeout_ms
+                .or(file.drain_timeout_ms)
+                .unwrap_or(defaults::DRAIN_TIMEOUT_MS),
+        );
+        limits.max_clients = positive(
+            "max-clients",
+            args.max_clients.or(file.max_clients),
+            defaults::MAX_CLIENTS,
+        )?;
         Ok(Self {
+            drain_timeout,
             upstream_timeout,
             log_json,
             command_metrics,

@@ -48,8 +48,19 @@ fn main() -> ExitCode {
             }
         };
         shutdown_signal().await;
-        info!("shutting down");
-        running.stop();
+        info!(
+            drain_ms = config.drain_timeout.as_millis() as u64,
+            "shutting down: no new clients, draining in-flight replies"
+        );
+        let cut = running.shutdown(config.drain_timeout).await;
+        if cut > 0 {
+            tracing::warn!(
+                clients = cut,
+                "drain timeout reached; closing remaining clients"
+            );
+        } else {
+            info!("all clients drained");
+        }
         ExitCode::SUCCESS
     })
 }

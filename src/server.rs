@@ -1,6 +1,6 @@
 //! Wiring: the router, then one accept loop per listen address.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -34,10 +34,28 @@ pub struct Running {
     pub router: Arc<Router>,
     /// Where `/metrics` is served, when it is.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    active: Arc<AtomicUsize>,
     accept_loops: Vec<JoinHandle<()>>,
 }
 
 impl Running {
+    /// Graceful shutdown: stops accepting, tells every session to read nothing more and
+    /// answer what it owes, and waits until all have closed or `drain` has passed.
+    /// Returns the number of sessions still open (cut off) at the end.
+    pub async fn shutdown(&self, drain: Duration) -> usize {
+        self.stop();
+        let _ = self.shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + drain;
+        loop {
+            let open = self.active.load(Ordering::Acquire);
+            if open == 0 || tokio::time::Instant::now() >= deadline {
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops accepting new clients.
     pub fn stop(&self) {
         for t in &self.accept_loops {
@@ -64,7 +82,11 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         config.max_dedicated_conns,
         config.dedicated_wait,
     );
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    let active = Arc::new(AtomicUsize::new(0));
     let env = SessionEnv {
+        shutdown: shutdown_rx,
+        active: active.clone(),
         router: router.clone(),
         limits: Arc::new(config.limits.clone()),
         auth: config.auth.clone(),
@@ -112,6 +134,8 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         "respipe started"
     );
     Ok(Running {
+        shutdown,
+        active,
         bound,
         router,
         metrics_addr,

@@ -374,3 +374,118 @@ fn redis_cli_interactive_session() {
         "{lines:?}"
     );
 }
+
+/// SIGTERM: no new clients, in-flight replies are still delivered, then a clean exit.
+#[test]
+fn graceful_shutdown_drains_in_flight_replies() {
+    let redis = RedisServer::start();
+    let port = common::free_port();
+    let mut child = Guard(
+        respipe()
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--upstream",
+                &redis.url(),
+                "--drain-timeout-ms",
+                "3000",
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut c = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"PING\r\n").unwrap();
+            let mut b = [0u8; 7];
+            if s.read_exact(&mut b).is_ok() && &b == b"+PONG\r\n" {
+                break s;
+            }
+        }
+        assert!(Instant::now() < deadline, "proxy never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // A command that takes 600 ms, in flight when the signal arrives.
+    c.write_all(b"BLPOP q 0.6\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let mut reply = Vec::new();
+    c.read_to_end(&mut reply).unwrap();
+    assert_eq!(
+        reply, b"*-1\r\n",
+        "the in-flight reply arrives, then the connection closes"
+    );
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(5),
+            "respipe did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "still accepting after shutdown"
+    );
+}
+
+/// `--max-clients`: the client over the limit gets Redis's error and is closed.
+#[test]
+fn max_clients_refuses_with_redis_wording() {
+    let redis = RedisServer::start();
+    let port = common::free_port();
+    let _child = Guard(
+        respipe()
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--upstream",
+                &redis.url(),
+                "--max-clients",
+                "2",
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let connect = || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                return s;
+            }
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect();
+        s.write_all(b"PING\r\n").unwrap();
+        let mut b = [0u8; 7];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"+PONG\r\n");
+        held.push(s);
+    }
+    let mut third = connect();
+    let mut reply = String::new();
+    third.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "-ERR max number of clients reached\r\n");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = connect();
+    again.write_all(b"PING\r\n").unwrap();
+    let mut b = [0u8; 7];
+    again.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"+PONG\r\n", "a freed place is reusable");
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::session::{serve, Peer, SessionEnv};
 
@@ -77,7 +77,10 @@ pub async fn listen(
                         Ok((s, peer)) => {
                             let _ = s.set_nodelay(true);
                             let id = ids.fetch_add(1, Ordering::Relaxed);
-                            debug!(client = id, %peer, "client connected");
+                            if !admit(&env) {
+                                refuse(s).await;
+                                continue;
+                            }
                             let peer = Peer {
                                 id,
                                 addr: peer.to_string(),
@@ -102,7 +105,10 @@ pub async fn listen(
                     match l.accept().await {
                         Ok((s, _)) => {
                             let id = ids.fetch_add(1, Ordering::Relaxed);
-                            debug!(client = id, "client connected (unix)");
+                            if !admit(&env) {
+                                refuse(s).await;
+                                continue;
+                            }
                             let peer = Peer {
                                 id,
                                 addr: "/unixsocket:0".into(),
@@ -118,6 +124,27 @@ pub async fn listen(
             Ok((BoundAddr::Unix(path.clone()), task))
         }
     }
+}
+
+/// Counts a new client in, unless `--max-clients` are connected already.
+fn admit(env: &SessionEnv) -> bool {
+    let n = env.active.fetch_add(1, Ordering::AcqRel);
+    if n >= env.limits.max_clients {
+        env.active.fetch_sub(1, Ordering::AcqRel);
+        return false;
+    }
+    true
+}
+
+/// Answers a client over the limit as Redis does, then closes it.
+async fn refuse<S: tokio::io::AsyncWrite + Unpin>(mut s: S) {
+    use tokio::io::AsyncWriteExt;
+    warn!("refusing a client: max number of clients reached (--max-clients)");
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        s.write_all(b"-ERR max number of clients reached\r\n"),
+    )
+    .await;
 }
 
 /// Out of file descriptors and similar: pause instead of spinning.

@@ -41,6 +41,8 @@ pub struct SessionLimits {
     /// Disconnect a client whose unparsed input exceeds this (Redis's
     /// `client-query-buffer-limit`).
     pub query_limit: usize,
+    /// Refuse clients beyond this many (Redis's `maxclients`).
+    pub max_clients: usize,
 }
 
 impl Default for SessionLimits {
@@ -51,6 +53,7 @@ impl Default for SessionLimits {
             max_run_commands: 1024,
             max_run_bytes: 1 << 20,
             query_limit: 1 << 30,
+            max_clients: 10_000,
         }
     }
 }
@@ -77,6 +80,10 @@ pub struct SessionEnv {
     pub auth: Arc<ClientAuth>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Set when the proxy shuts down: sessions stop reading, answer what they owe, close.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Sessions open now (for `--max-clients` and the drain on shutdown).
+    pub active: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Read buffer size for client input.
@@ -94,6 +101,7 @@ where
         env.metrics.clone(),
     );
     let metrics = env.metrics.clone();
+    let active = env.active.clone();
     metrics.client_connections.increment(1.0);
     info!(client = peer.id, peer = %peer.addr, "client connected");
     let id = peer.id;
@@ -119,6 +127,7 @@ where
         },
     };
     metrics.client_connections.decrement(1.0);
+    active.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     info!(client = id, reason, "client disconnected");
 }
 
@@ -159,6 +168,7 @@ pub(crate) struct Session {
     /// A dedicated connection, while the session holds connection state.
     pub(crate) leased: Option<Leased>,
     pub(crate) syncs: u64,
+    shutdown: tokio::sync::watch::Receiver<bool>,
     /// Read times of the commands framed from the current read (metrics).
     timings: Vec<Timing>,
     read_at: Option<Instant>,
@@ -194,6 +204,7 @@ impl Session {
                 h.finish()
             },
             timings: Vec::new(),
+            shutdown: env.shutdown.clone(),
             read_at: None,
             peer,
             started: Instant::now(),
@@ -210,10 +221,16 @@ impl Session {
 
     async fn run<R: AsyncRead + Unpin>(&mut self, mut rd: R) {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut shutdown = self.shutdown.clone();
         loop {
             self.sink.wait_for_room().await;
             self.reserve(&mut buf);
-            match rd.read_buf(&mut buf).await {
+            let read = tokio::select! {
+                r = rd.read_buf(&mut buf) => r,
+                // Shutting down: read nothing more; the writer still answers what is owed.
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            match read {
                 Ok(0) => return,
                 Ok(_) => {
                     self.read_at = self.sink.metrics().enabled().then(Instant::now);
