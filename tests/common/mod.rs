@@ -2,6 +2,8 @@
 //! in-process. Each test gets its own of both.
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,6 +26,8 @@ pub fn free_port() -> u16 {
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// Extra flags (persistence for the soak test).
+    args: Vec<String>,
 }
 
 impl RedisServer {
@@ -34,15 +38,52 @@ impl RedisServer {
 
     /// Starts redis-server on `port` and waits until it answers.
     pub fn start_on(port: u16) -> Self {
-        let mut s = Self { port, child: None };
+        let mut s = Self {
+            port,
+            child: None,
+            args: Vec::new(),
+        };
         s.spawn();
         s
+    }
+
+    /// A server whose acknowledged writes survive `kill -9` (AOF, fsync on every write,
+    /// in a fresh directory): for tests about losing acknowledged writes.
+    pub fn start_durable() -> Self {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("respipe-durable-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let args = ["--appendonly", "yes", "--appendfsync", "always", "--dir"]
+            .iter()
+            .map(|a| a.to_string())
+            .chain(std::iter::once(dir.display().to_string()))
+            .collect();
+        let mut s = Self {
+            port,
+            child: None,
+            args,
+        };
+        s.spawn();
+        s
+    }
+
+    /// Not a server: stands for something else listening on `port` (the faulty relay),
+    /// so the proxy harness can point at it.
+    pub fn fake(port: u16) -> Self {
+        Self {
+            port,
+            child: None,
+            args: Vec::new(),
+        }
     }
 
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
