@@ -319,3 +319,98 @@ async fn stalled_upstream_times_out_then_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Reads what a connection sends until it closes or stays quiet for `quiet`.
+async fn drain(stream: &mut tokio::net::TcpStream, quiet: Duration) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; 65536];
+    loop {
+        match tokio::time::timeout(quiet, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+            Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+/// Malformed input, each sent to Redis itself and to the proxy: the proxy answers with
+/// exactly Redis's bytes and closes (or not) exactly as Redis does, except where it is
+/// deliberately stricter (listed), and a well-behaved client alongside never notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_inputs_match_redis() {
+    use tokio::io::AsyncWriteExt;
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(&redis).await;
+    let mut bystander = proxy.conn().await;
+    let same: &[&[u8]] = &[
+        b"*1\r\n:5\r\n",              // wrong type byte in an array
+        b"*1\r\n+OK\r\n",             // simple string as an argument
+        b"*1\r\n-ERR\r\n",            // error as an argument
+        b"*1\r\n*1\r\n$1\r\na\r\n",   // nested array
+        b"*1\r\n_\r\n",               // RESP3 null as an argument
+        b"*2\r\n$3\r\nGET\r\n%1\r\n", // RESP3 map as an argument
+        b"*1\r\n$-5\r\n",             // negative bulk length
+        b"*1\r\n$-0\r\n",             // "-0"
+        b"*1\r\n$ 3\r\nabc\r\n",      // space in a length
+        b"*1\r\n$+3\r\nabc\r\n",      // plus sign in a length
+        b"*1\r\n$03\r\nabc\r\n",      // leading zero in a length
+        b"*1\r\n$3x\r\nabc\r\n",      // junk after a length
+        b"*1\r\n$9999999999\r\n",     // bulk length over 512 MB
+        b"*1\r\n$536870913\r\n",      // 512 MiB + 1
+        b"*1\r\n$1000000000\r\n",     // a 1 GB declared bulk
+        b"*abc\r\n",                  // non-numeric multibulk length
+        b"*01\r\n$4\r\nPING\r\n",     // leading zero in a multibulk length
+        b"*3000000000\r\n",           // multibulk length over INT_MAX
+        b"*-5\r\nPING\r\n",           // negative count: ignored, then a command
+        b"*0\r\nPING\r\n",            // empty array: ignored, then a command
+        b"SET k \"unbalanced\r\n",    // unbalanced double quote (inline)
+        b"SET k 'x\r\n",              // unbalanced single quote (inline)
+        b"SET k \"a\"b\r\n",          // closing quote not followed by a space
+        b"\x00\x01\x02 junk\r\n",     // binary junk as an inline command
+        b"\r\n\r\n\r\nPING\r\n",      // empty inline lines: ignored
+        b"$3\r\nGET\r\n",             // a bulk outside an array: inline command "$3"
+    ];
+    // Stricter than Redis: Redis skips the two bytes after a bulk without checking them; the
+    // proxy refuses, since a frame it misjudged would desynchronise a shared connection.
+    let stricter: &[(&[u8], &[u8])] = &[(
+        b"*1\r\n$2\r\nabcd\r\n",
+        b"-ERR Protocol error: expected '\\r\\n' after bulk argument\r\n",
+    )];
+    for input in same {
+        let mut direct = tokio::net::TcpStream::connect(("127.0.0.1", redis.port))
+            .await
+            .unwrap();
+        let mut through = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        direct.write_all(input).await.unwrap();
+        through.write_all(input).await.unwrap();
+        let quiet = Duration::from_millis(300);
+        let (want, want_closed) = drain(&mut direct, quiet).await;
+        let (got, got_closed) = drain(&mut through, quiet).await;
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&want),
+            "input {:?}",
+            String::from_utf8_lossy(input)
+        );
+        assert_eq!(
+            got_closed,
+            want_closed,
+            "closing differs for {:?}",
+            String::from_utf8_lossy(input)
+        );
+        let pong: String = redis::cmd("PING")
+            .query_async(&mut bystander)
+            .await
+            .unwrap();
+        assert_eq!(pong, "PONG");
+    }
+    for (input, want) in stricter {
+        let mut through = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        through.write_all(input).await.unwrap();
+        let (got, closed) = drain(&mut through, Duration::from_millis(300)).await;
+        assert_eq!(&got[..], *want);
+        assert!(closed);
+    }
+    assert!(same.len() + stricter.len() >= 20);
+}
