@@ -7,6 +7,11 @@
 
 use super::request::parse_i64;
 
+/// Largest bulk reply accepted (Redis strings top out at 512 MiB by default; this leaves
+/// room for a raised `proto-max-bulk-len` while bounding what a broken upstream can make the
+/// proxy buffer).
+pub const MAX_REPLY_BULK: usize = 4 << 30;
+
 /// An upstream sent bytes that are not RESP: the connection can no longer be trusted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("malformed reply from upstream at byte {offset}: {what}")]
@@ -72,10 +77,12 @@ impl ReplyScanner {
         let Some(&kind) = buf.get(at) else {
             return Ok(None);
         };
-        let Some(cr) = buf[at..].iter().position(|&b| b == b'\r') else {
+        // The line ends at the first CR after the type byte (found by fuzzing: a type byte
+        // that is itself '\r' must not be taken for the end of its own line).
+        let Some(cr) = buf[at + 1..].iter().position(|&b| b == b'\r') else {
             return Ok(None);
         };
-        let line_end = at + cr;
+        let line_end = at + 1 + cr;
         if line_end + 1 >= buf.len() {
             return Ok(None);
         }
@@ -94,7 +101,12 @@ impl ReplyScanner {
                 if n < 0 {
                     return Ok(Some((0, after))); // $-1: RESP2 null
                 }
-                let end = after + n as usize;
+                let end = usize::try_from(n)
+                    .ok()
+                    .filter(|&n| n <= MAX_REPLY_BULK)
+                    .and_then(|n| after.checked_add(n))
+                    .filter(|e| e.checked_add(2).is_some())
+                    .ok_or(self.err(at, "bad length"))?;
                 if buf.len() < end + 2 {
                     return Ok(None);
                 }
@@ -109,8 +121,13 @@ impl ReplyScanner {
                 let n = number()?;
                 let children = match (kind, n) {
                     (_, n) if n < 0 => 0, // *-1: RESP2 null array
-                    (b'%', n) => 2 * n as u64,
-                    (b'|', n) => 2 * n as u64 + 1,
+                    (b'%', n) => (n as u64)
+                        .checked_mul(2)
+                        .ok_or(self.err(at, "bad length"))?,
+                    (b'|', n) => (n as u64)
+                        .checked_mul(2)
+                        .and_then(|c| c.checked_add(1))
+                        .ok_or(self.err(at, "bad length"))?,
                     (_, n) => n as u64,
                 };
                 Ok(Some((children, after)))
@@ -164,6 +181,21 @@ mod tests {
             assert_eq!(s.scan(&reply[..cut]).unwrap(), None, "cut {cut}");
             assert_eq!(s.scan(reply).unwrap(), Some(reply.len()), "cut {cut}");
         }
+    }
+
+    #[test]
+    fn found_by_fuzzing() {
+        // A type byte that is '\r' (its line would "end" before it starts).
+        assert!(ReplyScanner::new().scan(b"%1\r\n\r\nk!._\r\n").is_err());
+        // Lengths whose end overflows.
+        assert!(ReplyScanner::new()
+            .scan(b"$9223372036854775807\r\nx")
+            .is_err());
+        // A huge aggregate count is not an error by itself (it costs no memory): it waits.
+        assert_eq!(
+            ReplyScanner::new().scan(b"%9223372036854775807\r\n"),
+            Ok(None)
+        );
     }
 
     #[test]
