@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -76,18 +76,16 @@ pub async fn listen(
                     match l.accept().await {
                         Ok((s, peer)) => {
                             let _ = s.set_nodelay(true);
-                            let id = ids.fetch_add(1, Ordering::Relaxed);
-                            if !admit(&env) {
-                                refuse(s).await;
-                                continue;
-                            }
-                            let peer = Peer {
-                                id,
-                                addr: peer.to_string(),
-                                local: bound.to_string(),
-                            };
-                            let (rd, wr) = s.into_split();
-                            tokio::spawn(serve(rd, wr, env.clone(), peer));
+                            let local = bound.to_string();
+                            accepted(
+                                s,
+                                TcpStream::into_split,
+                                &env,
+                                &ids,
+                                peer.to_string(),
+                                &local,
+                            )
+                            .await;
                         }
                         Err(e) => accept_failed(e).await,
                     }
@@ -104,18 +102,15 @@ pub async fn listen(
                 loop {
                     match l.accept().await {
                         Ok((s, _)) => {
-                            let id = ids.fetch_add(1, Ordering::Relaxed);
-                            if !admit(&env) {
-                                refuse(s).await;
-                                continue;
-                            }
-                            let peer = Peer {
-                                id,
-                                addr: "/unixsocket:0".into(),
-                                local: local.clone(),
-                            };
-                            let (rd, wr) = s.into_split();
-                            tokio::spawn(serve(rd, wr, env.clone(), peer));
+                            accepted(
+                                s,
+                                UnixStream::into_split,
+                                &env,
+                                &ids,
+                                "/unixsocket:0".into(),
+                                &local,
+                            )
+                            .await;
                         }
                         Err(e) => accept_failed(e).await,
                     }
@@ -124,6 +119,37 @@ pub async fn listen(
             Ok((BoundAddr::Unix(path.clone()), task))
         }
     }
+}
+
+/// Serves one accepted client, or refuses it when `--max-clients` are connected already.
+async fn accepted<S, R, W>(
+    s: S,
+    split: impl FnOnce(S) -> (R, W),
+    env: &SessionEnv,
+    ids: &AtomicU64,
+    addr: String,
+    local: &str,
+) where
+    S: tokio::io::AsyncWrite + Unpin,
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let id = ids.fetch_add(1, Ordering::Relaxed);
+    if !admit(env) {
+        refuse(s).await;
+        return;
+    }
+    let (rd, wr) = split(s);
+    tokio::spawn(serve(
+        rd,
+        wr,
+        env.clone(),
+        Peer {
+            id,
+            addr,
+            local: local.to_string(),
+        },
+    ));
 }
 
 /// Counts a new client in, unless `--max-clients` are connected already.

@@ -198,14 +198,7 @@ impl Lease {
     /// Registers where the replies go, then writes the commands.
     pub async fn send(&mut self, bytes: &[u8], to: InFlight) -> Result<(), UpstreamError> {
         self.inflight.send(to).map_err(|_| UpstreamError::Closed)?;
-        self.out
-            .put(&mut self.wr, bytes)
-            .await
-            .map_err(UpstreamError::Io)?;
-        self.out
-            .flush(&mut self.wr)
-            .await
-            .map_err(UpstreamError::Io)
+        self.write(bytes).await
     }
 
     /// Writes commands whose output is streamed (subscribed mode, MONITOR).
