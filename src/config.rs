@@ -14,6 +14,7 @@ use crate::batch::FlushPolicy;
 use crate::client::auth::ClientAuth;
 use crate::client::{ListenAddr, SessionLimits};
 use crate::upstream::address::{AddrError, UpstreamAddr};
+use crate::upstream::stream::UpstreamTls;
 
 /// Defaults, in one place so `--help` and the code agree.
 pub mod defaults {
@@ -59,6 +60,18 @@ pub struct Args {
     /// Redis to forward to, redis://[user:pass@]host:port[/db] [default: redis://127.0.0.1:6379]
     #[arg(long, env = "RESPIPE_UPSTREAM")]
     pub upstream: Option<String>,
+
+    /// For rediss:// upstreams: CA certificates (PEM) to verify Redis with [default: the Mozilla roots]
+    #[arg(long, env = "RESPIPE_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
+
+    /// For rediss:// upstreams: client certificate chain (PEM), with --upstream-key
+    #[arg(long, env = "RESPIPE_UPSTREAM_CERT")]
+    pub upstream_cert: Option<PathBuf>,
+
+    /// For rediss:// upstreams: client private key (PEM), with --upstream-cert
+    #[arg(long, env = "RESPIPE_UPSTREAM_KEY")]
+    pub upstream_key: Option<PathBuf>,
 
     /// Multiplexed upstream connections per database [default: 2]
     #[arg(long, env = "RESPIPE_UPSTREAM_CONNS")]
@@ -139,6 +152,9 @@ pub struct Args {
 struct FileConfig {
     listen: Option<Vec<String>>,
     upstream: Option<String>,
+    upstream_ca: Option<PathBuf>,
+    upstream_cert: Option<PathBuf>,
+    upstream_key: Option<PathBuf>,
     upstream_conns: Option<usize>,
     batch_window_us: Option<u64>,
     max_batch: Option<usize>,
@@ -165,6 +181,8 @@ pub struct Config {
     pub listen: Vec<ListenAddr>,
     /// The Redis behind the proxy.
     pub upstream: UpstreamAddr,
+    /// TLS to it, for `rediss://`.
+    pub upstream_tls: Option<UpstreamTls>,
     /// Multiplexed connections per database.
     pub upstream_conns: usize,
     /// How pipeline writes are cut.
@@ -214,6 +232,8 @@ pub enum ConfigError {
     Metrics(String),
     #[error("--{0} must be at least 1")]
     Zero(&'static str),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("--log-format must be text or json, not {0:?}")]
     LogFormat(String),
     #[error("--users-file {path}: {msg}")]
@@ -253,6 +273,28 @@ impl Config {
             .or(file.upstream)
             .unwrap_or_else(|| defaults::UPSTREAM.into());
         let upstream = UpstreamAddr::parse(&upstream)?;
+        let (ca, cert, key) = (
+            args.upstream_ca.or(file.upstream_ca),
+            args.upstream_cert.or(file.upstream_cert),
+            args.upstream_key.or(file.upstream_key),
+        );
+        let upstream_tls = if upstream.tls {
+            Some(
+                UpstreamTls::new(
+                    &upstream.host,
+                    ca.as_deref(),
+                    cert.as_deref(),
+                    key.as_deref(),
+                )
+                .map_err(ConfigError::Tls)?,
+            )
+        } else if ca.is_some() || cert.is_some() || key.is_some() {
+            return Err(ConfigError::Tls(
+                "--upstream-ca/--upstream-cert/--upstream-key need a rediss:// upstream".into(),
+            ));
+        } else {
+            None
+        };
         let upstream_conns = positive(
             "upstream-conns",
             args.upstream_conns.or(file.upstream_conns),
@@ -340,6 +382,7 @@ impl Config {
             defaults::MAX_CLIENTS,
         )?;
         Ok(Self {
+            upstream_tls,
             drain_timeout,
             upstream_timeout,
             log_json,

@@ -75,7 +75,8 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         config.connect_timeout,
         metrics.clone(),
     )
-    .with_command_timeout(config.upstream_timeout);
+    .with_command_timeout(config.upstream_timeout)
+    .with_tls(config.upstream_tls.clone());
     let router = Router::start(
         shared,
         config.upstream_conns,

@@ -17,6 +17,8 @@ pub struct UpstreamAddr {
     pub password: Option<String>,
     /// Database clients start in.
     pub db: u32,
+    /// `rediss://`: TLS to the upstream.
+    pub tls: bool,
 }
 
 /// Why an upstream URL was refused.
@@ -24,8 +26,6 @@ pub struct UpstreamAddr {
 pub enum AddrError {
     #[error("upstream URL must start with redis:// (got {0:?})")]
     Scheme(String),
-    #[error("TLS upstreams (rediss://) are not supported yet")]
-    Tls,
     #[error("upstream URL has no host")]
     NoHost,
     #[error("upstream URL has an invalid port: {0:?}")]
@@ -39,10 +39,10 @@ pub enum AddrError {
 impl UpstreamAddr {
     /// Parses `redis://[user:pass@]host[:port][/db]`.
     pub fn parse(url: &str) -> Result<Self, AddrError> {
-        let rest = if let Some(r) = url.strip_prefix("redis://") {
-            r
-        } else if url.starts_with("rediss://") {
-            return Err(AddrError::Tls);
+        let (rest, tls) = if let Some(r) = url.strip_prefix("redis://") {
+            (r, false)
+        } else if let Some(r) = url.strip_prefix("rediss://") {
+            (r, true)
         } else {
             return Err(AddrError::Scheme(
                 url.split("://").next().unwrap_or(url).to_string(),
@@ -85,6 +85,7 @@ impl UpstreamAddr {
             user,
             password,
             db,
+            tls,
         })
     }
 
@@ -186,7 +187,7 @@ mod tests {
             UpstreamAddr::parse("http://x"),
             Err(AddrError::Scheme("http".into()))
         );
-        assert_eq!(UpstreamAddr::parse("rediss://x"), Err(AddrError::Tls));
+        assert!(UpstreamAddr::parse("rediss://x").unwrap().tls);
         assert_eq!(UpstreamAddr::parse("redis://:6379"), Err(AddrError::NoHost));
         assert_eq!(
             UpstreamAddr::parse("redis://h:99999"),

@@ -9,6 +9,7 @@ use redis_protocol::resp3::types::OwnedFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::stream::{UpstreamStream, UpstreamTls};
 use super::{UpstreamAddr, UpstreamError};
 use crate::resp::encode::Proto;
 use crate::resp::encode_command;
@@ -32,7 +33,7 @@ pub struct ServerInfo {
 #[derive(Debug)]
 pub struct Handshaken {
     /// The connection, authenticated, in its protocol and on its database.
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     /// Redis's `databases` setting, when `CONFIG GET` is allowed.
     pub databases: Option<u32>,
     /// From `HELLO`, when Redis has it (6.0+).
@@ -72,12 +73,17 @@ pub async fn connect(
     addr: &UpstreamAddr,
     setup: Setup,
     timeout: Duration,
+    tls: Option<&UpstreamTls>,
 ) -> Result<Handshaken, UpstreamError> {
     tokio::time::timeout(timeout, async {
-        let mut stream = TcpStream::connect(addr.socket_addr())
+        let tcp = TcpStream::connect(addr.socket_addr())
             .await
             .map_err(UpstreamError::Connect)?;
-        stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
+        tcp.set_nodelay(true).map_err(UpstreamError::Connect)?;
+        let mut stream = match tls {
+            Some(tls) => tls.wrap(tcp).await.map_err(UpstreamError::Tls)?,
+            None => UpstreamStream::Tcp(tcp),
+        };
         let (databases, server, client_id) = handshake(&mut stream, addr, setup).await?;
         Ok(Handshaken {
             stream,
@@ -93,7 +99,7 @@ pub async fn connect(
 /// Runs the handshake on an open connection (also used to clean a pooled connection:
 /// `RESET` first, then log in and select again, since `RESET` undoes all of it).
 pub async fn prepare(
-    stream: &mut TcpStream,
+    stream: &mut UpstreamStream,
     addr: &UpstreamAddr,
     setup: Setup,
     timeout: Duration,
@@ -109,7 +115,7 @@ type Step = (&'static str, Bytes, bool);
 type Learnt = (Option<u32>, Option<ServerInfo>, Option<i64>);
 
 async fn handshake(
-    stream: &mut TcpStream,
+    stream: &mut UpstreamStream,
     addr: &UpstreamAddr,
     setup: Setup,
 ) -> Result<Learnt, UpstreamError> {
@@ -198,7 +204,7 @@ async fn handshake(
 }
 
 async fn read_reply(
-    stream: &mut TcpStream,
+    stream: &mut UpstreamStream,
     buf: &mut BytesMut,
 ) -> Result<OwnedFrame, UpstreamError> {
     let mut scanner = ReplyScanner::new();

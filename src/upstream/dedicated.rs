@@ -11,10 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::stream::{UpWrite, UpstreamStream};
 use bytes::Bytes;
 use deadpool::managed::{Manager, Metrics, Object, Pool, PoolError, RecycleError, RecycleResult};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::debug;
@@ -31,7 +30,7 @@ use crate::resp::encode_command;
 /// once broken.
 #[derive(Debug)]
 pub struct PooledConn {
-    stream: Option<TcpStream>,
+    stream: Option<UpstreamStream>,
     /// Never leased yet: still in its handshake state, needs no `RESET`.
     fresh: bool,
     /// Its `CLIENT ID` on Redis (for `CLIENT TRACKING … REDIRECT`).
@@ -53,6 +52,7 @@ impl Manager for DedicatedManager {
             &self.shared.addr,
             Setup::new(0, Proto::Resp2),
             self.shared.connect_timeout,
+            self.shared.tls.as_ref(),
         )
         .await?;
         Ok(PooledConn {
@@ -171,7 +171,7 @@ impl DedicatedPool {
 #[derive(Debug)]
 pub struct Lease {
     obj: Object<DedicatedManager>,
-    wr: OwnedWriteHalf,
+    wr: UpWrite,
     inflight: mpsc::UnboundedSender<InFlight>,
     stop: oneshot::Sender<()>,
     reader: JoinHandle<ReaderEnd>,
@@ -179,8 +179,12 @@ pub struct Lease {
 }
 
 impl Lease {
-    fn start(obj: Object<DedicatedManager>, stream: TcpStream, pushes: Arc<ReplySink>) -> Self {
-        let (rd, wr) = stream.into_split();
+    fn start(
+        obj: Object<DedicatedManager>,
+        stream: UpstreamStream,
+        pushes: Arc<ReplySink>,
+    ) -> Self {
+        let (rd, wr) = stream.split();
         let (inflight, rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = oneshot::channel();
         // No command timeout here: blocking calls legitimately wait as long as they asked.
@@ -256,9 +260,9 @@ impl Lease {
             let _ = Object::take(obj);
             return;
         }
-        match end.rd.reunite(wr) {
-            Ok(stream) => obj.stream = Some(stream),
-            Err(_) => {
+        match UpstreamStream::reunite(end.rd, wr) {
+            Some(stream) => obj.stream = Some(stream),
+            None => {
                 let _ = Object::take(obj);
             }
         }

@@ -9,6 +9,7 @@ pub mod mux;
 pub mod pool;
 pub mod reader;
 pub mod router;
+pub mod stream;
 
 pub use address::UpstreamAddr;
 pub use dedicated::Lease;
@@ -36,6 +37,8 @@ pub enum UpstreamError {
     Unsolicited,
     #[error("connection closed by upstream")]
     Closed,
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
     #[error("a command got no reply within the upstream timeout")]
     CommandTimeout,
 }

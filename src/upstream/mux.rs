@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::net::tcp::OwnedWriteHalf;
+use super::stream::UpWrite;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
@@ -68,6 +68,7 @@ pub(crate) async fn run(index: usize, set: Arc<MuxSetInner>, mut queue: BatchQue
                 &shared.addr,
                 Setup::new(set.db, set.proto),
                 shared.connect_timeout,
+                shared.tls.as_ref(),
             );
             tokio::pin!(attempt);
             let result = if me.state() == STARTING {
@@ -103,7 +104,7 @@ pub(crate) async fn run(index: usize, set: Arc<MuxSetInner>, mut queue: BatchQue
         shared.note_connected(set.db, index);
         me.state.store(UP, Ordering::Release);
 
-        let (rd, mut wr) = conn.stream.into_split();
+        let (rd, mut wr) = conn.stream.split();
         let (inflight_tx, inflight_rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = oneshot::channel();
         let mut reader = tokio::spawn(read_replies(
@@ -150,7 +151,7 @@ pub(crate) async fn run(index: usize, set: Arc<MuxSetInner>, mut queue: BatchQue
 /// Registers each run's slot in the in-flight FIFO, then writes its bytes: a reply can
 /// only come back after its slot is queued for the reader.
 async fn write_batch(
-    wr: &mut OwnedWriteHalf,
+    wr: &mut UpWrite,
     out: &mut WriteBuffer,
     batch: &mut Vec<QueuedCommands>,
     inflight: &mpsc::UnboundedSender<InFlight>,

@@ -28,6 +28,8 @@ pub struct UpstreamShared {
     pub(crate) metrics: Arc<Metrics>,
     /// A shared connection whose oldest command waits longer than this is closed.
     pub(crate) command_timeout: Option<Duration>,
+    /// TLS to the upstream (`rediss://`).
+    pub(crate) tls: Option<super::stream::UpstreamTls>,
 }
 
 impl UpstreamShared {
@@ -49,12 +51,19 @@ impl UpstreamShared {
             last_error: Mutex::new(None),
             metrics,
             command_timeout: None,
+            tls: None,
         }
     }
 
     /// Sets the command timeout of shared connections (`None`: wait as long as TCP does).
     pub fn with_command_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.command_timeout = timeout;
+        self
+    }
+
+    /// Sets how to open TLS to the upstream.
+    pub fn with_tls(mut self, tls: Option<super::stream::UpstreamTls>) -> Self {
+        self.tls = tls;
         self
     }
 

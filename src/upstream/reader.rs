@@ -10,9 +10,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::stream::UpRead;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
@@ -52,7 +52,7 @@ pub enum InFlight {
 #[derive(Debug)]
 pub struct ReaderEnd {
     /// The read half, to put the connection back together.
-    pub rd: OwnedReadHalf,
+    pub rd: UpRead,
     /// Why it stopped: `Ok` when asked to.
     pub result: Result<(), UpstreamError>,
     /// True when nothing was outstanding or half-read: the connection can be reused.
@@ -67,7 +67,7 @@ pub struct ReaderEnd {
 /// mode is told the stream ended when the reader was asked to stop, and gets that error
 /// and is closed when the connection failed.
 pub async fn read_replies(
-    mut rd: OwnedReadHalf,
+    mut rd: UpRead,
     mut inflight: mpsc::UnboundedReceiver<InFlight>,
     mut stop: oneshot::Receiver<()>,
     pushes: Option<Arc<ReplySink>>,
