@@ -73,6 +73,14 @@ pub struct Args {
     #[arg(long, env = "RESPIPE_UPSTREAM_KEY")]
     pub upstream_key: Option<PathBuf>,
 
+    /// Serve TLS on the TCP listeners with this certificate chain (PEM), with --tls-key
+    #[arg(long, env = "RESPIPE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) for --tls-cert
+    #[arg(long, env = "RESPIPE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
     /// Multiplexed upstream connections per database [default: 2]
     #[arg(long, env = "RESPIPE_UPSTREAM_CONNS")]
     pub upstream_conns: Option<usize>,
@@ -155,6 +163,8 @@ struct FileConfig {
     upstream_ca: Option<PathBuf>,
     upstream_cert: Option<PathBuf>,
     upstream_key: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     upstream_conns: Option<usize>,
     batch_window_us: Option<u64>,
     max_batch: Option<usize>,
@@ -183,6 +193,8 @@ pub struct Config {
     pub upstream: UpstreamAddr,
     /// TLS to it, for `rediss://`.
     pub upstream_tls: Option<UpstreamTls>,
+    /// TLS on the TCP listeners.
+    pub listen_tls: Option<crate::client::listener::ListenTls>,
     /// Multiplexed connections per database.
     pub upstream_conns: usize,
     /// How pipeline writes are cut.
@@ -381,7 +393,22 @@ impl Config {
             args.max_clients.or(file.max_clients),
             defaults::MAX_CLIENTS,
         )?;
+        let listen_tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => {
+                Some(crate::client::listener::tls_acceptor(&cert, &key).map_err(ConfigError::Tls)?)
+            }
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Tls(
+                    "--tls-cert and --tls-key go together".into(),
+                ))
+            }
+        };
         Ok(Self {
+            listen_tls,
             upstream_tls,
             drain_timeout,
             upstream_timeout,

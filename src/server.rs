@@ -118,7 +118,7 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
     let ids = Arc::new(AtomicU64::new(1));
     let mut bound = Vec::new();
     for addr in &config.listen {
-        let (b, task) = listen(addr, env.clone(), ids.clone())
+        let (b, task) = listen(addr, env.clone(), ids.clone(), config.listen_tls.clone())
             .await
             .map_err(|source| ServerError {
                 addr: addr.to_string(),

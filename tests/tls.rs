@@ -208,3 +208,49 @@ async fn rediss_with_client_certificate() {
     raw.send(b"PING\r\n").await;
     assert_eq!(raw.reply_text().await, "+PONG\r\n");
 }
+
+/// TLS on the listener (`--tls-cert`, `--tls-key`): redis-cli over TLS works, verified
+/// against the test CA; a plaintext client gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_serves_redis_cli() {
+    let pki = make_pki("listener");
+    let redis = common::RedisServer::start();
+    let config = respipe::config::Config::from_args(respipe::config::Args {
+        listen: vec!["127.0.0.1:0".into()],
+        upstream: Some(redis.url()),
+        tls_cert: Some(pki.file("server.pem")),
+        tls_key: Some(pki.file("server-key.pem")),
+        ..Default::default()
+    })
+    .expect("config");
+    let running = respipe::server::start(&config).await.expect("start");
+    assert!(wait_ready(&running).await);
+    let port = addr(&running).port().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("redis-cli")
+            .args(["--tls", "--cacert"])
+            .arg(pki.file("ca.pem"))
+            .args(["-h", "localhost", "-p", &port, "SET", "over", "tls"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "OK",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut c = common::connect(&redis.direct()).await;
+    let v: String = c.get("over").await.unwrap();
+    assert_eq!(v, "tls");
+    // Plaintext RESP is not a TLS handshake: no reply, the connection closes.
+    let mut plain = common::RawConn::new(
+        tokio::net::TcpStream::connect(addr(&running))
+            .await
+            .unwrap(),
+    );
+    plain.send(b"PING\r\n").await;
+    assert!(plain.reply().await.is_none_or(|r| !r.starts_with(b"+PONG")));
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::session::{serve, Peer, SessionEnv};
 
@@ -62,6 +62,7 @@ pub async fn listen(
     addr: &ListenAddr,
     env: SessionEnv,
     ids: Arc<AtomicU64>,
+    tls: Option<ListenTls>,
 ) -> std::io::Result<(BoundAddr, JoinHandle<()>)> {
     match addr {
         ListenAddr::Tcp(a) => {
@@ -70,22 +71,58 @@ pub async fn listen(
             if !bound.ip().is_loopback() {
                 warn!(listen = %bound, "listening on a non-loopback address: anyone who can reach it can use your Redis");
             }
-            info!(listen = %bound, "accepting clients");
+            info!(listen = %bound, tls = tls.is_some(), "accepting clients");
             let task = tokio::spawn(async move {
                 loop {
                     match l.accept().await {
                         Ok((s, peer)) => {
                             let _ = s.set_nodelay(true);
                             let local = bound.to_string();
-                            accepted(
-                                s,
-                                TcpStream::into_split,
-                                &env,
-                                &ids,
-                                peer.to_string(),
-                                &local,
-                            )
-                            .await;
+                            match &tls {
+                                None => {
+                                    accepted(
+                                        s,
+                                        TcpStream::into_split,
+                                        &env,
+                                        &ids,
+                                        peer.to_string(),
+                                        &local,
+                                    )
+                                    .await
+                                }
+                                // The TLS handshake runs in its own task: a slow or hostile
+                                // client must not hold up the accept loop.
+                                Some(acceptor) => {
+                                    let (acceptor, env, ids) =
+                                        (acceptor.clone(), env.clone(), ids.clone());
+                                    tokio::spawn(async move {
+                                        let handshake = tokio::time::timeout(
+                                            TLS_HANDSHAKE_TIMEOUT,
+                                            acceptor.0.accept(s),
+                                        )
+                                        .await;
+                                        match handshake {
+                                            Ok(Ok(tls)) => {
+                                                accepted(
+                                                    tls,
+                                                    tokio::io::split,
+                                                    &env,
+                                                    &ids,
+                                                    peer.to_string(),
+                                                    &local,
+                                                )
+                                                .await
+                                            }
+                                            Ok(Err(e)) => {
+                                                debug!(%peer, error = %e, "client TLS handshake failed")
+                                            }
+                                            Err(_) => {
+                                                debug!(%peer, "client TLS handshake timed out")
+                                            }
+                                        }
+                                    });
+                                }
+                            }
                         }
                         Err(e) => accept_failed(e).await,
                     }
@@ -119,6 +156,39 @@ pub async fn listen(
             Ok((BoundAddr::Unix(path.clone()), task))
         }
     }
+}
+
+/// A client has this long to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// TLS on the TCP listeners.
+#[derive(Clone)]
+pub struct ListenTls(pub tokio_rustls::TlsAcceptor);
+
+impl fmt::Debug for ListenTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ListenTls")
+    }
+}
+
+/// TLS for TCP listeners (`--tls-cert`, `--tls-key`): the certificate chain and key, PEM.
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<ListenTls, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+    Ok(ListenTls(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }
 
 /// Serves one accepted client, or refuses it when `--max-clients` are connected already.
