@@ -17,6 +17,13 @@ use tokio::sync::{mpsc, Notify};
 use crate::admin::{ErrorKind, Metrics};
 use crate::resp::error_reply;
 
+/// In-flight cap before any reply size is known.
+const START_CAP: usize = 4;
+/// The in-flight cap never goes below this.
+const MIN_CAP: usize = 1;
+/// Reply bytes a client may have in flight, estimated from its mean reply size.
+const IN_FLIGHT_BUDGET: usize = 1 << 20;
+
 /// `first_seq` of an out-of-band chunk (a RESP3 push, e.g. a client-side caching
 /// invalidation): written as soon as it arrives, between two replies.
 pub const OUT_OF_BAND: u64 = u64::MAX;
@@ -54,6 +61,9 @@ pub struct ReplySink {
     /// Wakes a session waiting for all its commands to be answered.
     drained: Notify,
     pause_at: usize,
+    /// Reply bytes and replies delivered so far: their ratio sizes the in-flight cap.
+    delivered_bytes: AtomicUsize,
+    delivered: AtomicUsize,
     metrics: Arc<Metrics>,
     /// When each command in flight was read, for its latency histogram: pushed by the
     /// reader once per read, drained by the writer once per write (never per command).
@@ -92,6 +102,8 @@ impl ReplySink {
             resumed: Notify::new(),
             drained: Notify::new(),
             pause_at: pause_at.max(1),
+            delivered_bytes: AtomicUsize::new(0),
+            delivered: AtomicUsize::new(0),
             metrics,
             timings: Mutex::new(VecDeque::new()),
         });
@@ -148,11 +160,31 @@ impl ReplySink {
     pub async fn wait_for_room(&self) {
         loop {
             let notified = self.resumed.notified();
-            if self.awaiting.load(Ordering::Acquire) < self.pause_at {
+            if self.awaiting.load(Ordering::Acquire) < self.in_flight_cap() {
                 return;
             }
             notified.await;
         }
+    }
+
+    /// Commands awaiting replies now.
+    pub fn awaiting(&self) -> usize {
+        self.awaiting.load(Ordering::Acquire)
+    }
+
+    /// How many of this client's commands may await replies at once: a budget of reply
+    /// bytes (1 MiB) divided by the replies' mean size so far, between 1 and the pause
+    /// threshold; 4 before any reply came back. A client fetching megabyte values without
+    /// reading them can then never make Redis push more than about a megabyte at a time
+    /// down a shared connection (which would delay everyone on it), while small replies
+    /// are unthrottled (1 MiB / 10 bytes is far above the pause threshold).
+    pub fn in_flight_cap(&self) -> usize {
+        let n = self.delivered.load(Ordering::Relaxed);
+        if n == 0 {
+            return START_CAP.min(self.pause_at);
+        }
+        let mean = (self.delivered_bytes.load(Ordering::Relaxed) / n).max(1);
+        (IN_FLIGHT_BUDGET / mean).clamp(MIN_CAP, self.pause_at.max(MIN_CAP))
     }
 
     /// Waits until every command submitted upstream has its reply delivered. A session
@@ -210,10 +242,12 @@ impl ReplySink {
     }
 
     fn deliver(&self, first_seq: u64, count: u64, bytes: Bytes) {
+        self.delivered.fetch_add(count as usize, Ordering::Relaxed);
+        self.delivered_bytes
+            .fetch_add(bytes.len(), Ordering::Relaxed);
         let before = self.awaiting.fetch_sub(count as usize, Ordering::AcqRel);
-        if before >= self.pause_at && before - (count as usize) < self.pause_at {
-            self.resumed.notify_one();
-        }
+        // A paused reader re-checks its cap (a stored permit if none waits).
+        self.resumed.notify_one();
         if before == count as usize {
             self.drained.notify_one();
         }

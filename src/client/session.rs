@@ -278,6 +278,7 @@ impl Session {
     /// run (one split of the buffer, one queue entry); anything else is handled alone.
     async fn process<R: AsyncRead + Unpin>(&mut self, buf: &mut BytesMut, rd: &mut R) -> Flow {
         let mut run = Run::default();
+        let mut cap = self.sink.in_flight_cap();
         loop {
             if self.leased.as_ref().is_some_and(Leased::is_broken) {
                 // Redis dropped the dedicated connection and its state: close, as a
@@ -302,8 +303,18 @@ impl Session {
                 Request::Multibulk { len, name, .. } => {
                     let frame = &buf[run.bytes..run.bytes + len];
                     let (class, id) = classify_with_id(&frame[name.clone()]);
+                    let fast = class == CommandClass::Shared && self.fast_path();
+                    if fast && self.sink.awaiting() + run.commands >= cap {
+                        // Enough of this client's replies are outstanding: let some come
+                        // back before sending more (see ReplySink::in_flight_cap). The
+                        // command is framed again afterwards.
+                        self.flush_run(buf, &mut run).await;
+                        self.sink.wait_for_room().await;
+                        cap = self.sink.in_flight_cap();
+                        continue;
+                    }
                     self.timed(self.seq + run.commands as u64, id);
-                    if class == CommandClass::Shared && self.fast_path() {
+                    if fast {
                         run.commands += 1;
                         run.bytes += len;
                         if run.commands >= self.limits.max_run_commands
