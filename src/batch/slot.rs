@@ -167,6 +167,15 @@ impl ReplySink {
         }
     }
 
+    /// Mean size of the replies delivered so far (0 before any).
+    pub fn mean_reply(&self) -> usize {
+        let n = self.delivered.load(Ordering::Relaxed);
+        self.delivered_bytes
+            .load(Ordering::Relaxed)
+            .checked_div(n)
+            .unwrap_or(0)
+    }
+
     /// Commands awaiting replies now.
     pub fn awaiting(&self) -> usize {
         self.awaiting.load(Ordering::Acquire)

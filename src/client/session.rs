@@ -277,6 +277,7 @@ impl Session {
     /// Frames every complete request in `buf`. Consecutive shared commands leave as one
     /// run (one split of the buffer, one queue entry); anything else is handled alone.
     async fn process<R: AsyncRead + Unpin>(&mut self, buf: &mut BytesMut, rd: &mut R) -> Flow {
+        self.place().await;
         let mut run = Run::default();
         let mut cap = self.sink.in_flight_cap();
         loop {
@@ -310,6 +311,7 @@ impl Session {
                         // command is framed again afterwards.
                         self.flush_run(buf, &mut run).await;
                         self.sink.wait_for_room().await;
+                        self.place().await;
                         cap = self.sink.in_flight_cap();
                         continue;
                     }
@@ -358,6 +360,18 @@ impl Session {
         self.flush_run(buf, &mut run).await;
         self.sink.commands_read(&mut self.timings);
         Flow::Continue
+    }
+
+    /// Puts a session whose replies are large on the bulk connection (and back), after its
+    /// in-flight commands are answered so that their execution order holds.
+    async fn place(&mut self) {
+        if self.leased.is_some() {
+            return;
+        }
+        if let Some(bulk) = self.router.bulk_move(&self.route, self.sink.mean_reply()) {
+            self.sink.wait_idle().await;
+            self.router.set_bulk(&mut self.route, bulk);
+        }
     }
 
     /// Notes when command `seq` was read, for its latency histogram.

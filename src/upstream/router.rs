@@ -17,6 +17,9 @@ use super::pool::{MuxSetInner, UpstreamShared};
 use crate::batch::{QueuedCommands, ReplySink, ReplySlot};
 use crate::resp::encode::Proto;
 
+/// Mean reply size above which a session's shared commands go to the bulk connection.
+pub const BULK_REPLY: usize = 64 * 1024;
+
 /// Error replies for `SELECT`, worded as Redis words them.
 pub const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 /// `SELECT` of a number that does not fit Redis's `int`.
@@ -30,7 +33,7 @@ pub const ERR_DB_RANGE: &str = "ERR DB index is out of range";
 pub struct Router {
     shared: Arc<UpstreamShared>,
     conns_per_set: usize,
-    sets: Mutex<HashMap<(u32, Proto), Arc<MuxSetInner>>>,
+    sets: Mutex<HashMap<(u32, Proto, bool), Arc<MuxSetInner>>>,
     default_db: u32,
     dedicated: DedicatedPool,
     /// Session id → `CLIENT ID` of its dedicated connection, for sessions in subscribed
@@ -46,6 +49,8 @@ pub struct SessionRoute {
     proto: Proto,
     set: Arc<MuxSetInner>,
     affinity: usize,
+    /// On the bulk set: this session's replies are large.
+    bulk: bool,
 }
 
 impl SessionRoute {
@@ -79,16 +84,16 @@ impl Router {
             default_db,
             redirects: Mutex::new(HashMap::new()),
         });
-        router.set_for(default_db, Proto::Resp2);
+        router.set_for(default_db, Proto::Resp2, false);
         router
     }
 
-    fn set_for(&self, db: u32, proto: Proto) -> Arc<MuxSetInner> {
+    fn set_for(&self, db: u32, proto: Proto, bulk: bool) -> Arc<MuxSetInner> {
         let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
-        sets.entry((db, proto))
-            .or_insert_with(|| {
-                MuxSetInner::spawn(self.shared.clone(), db, proto, self.conns_per_set)
-            })
+        // The bulk set (sessions with large replies) has one connection.
+        let n = if bulk { 1 } else { self.conns_per_set };
+        sets.entry((db, proto, bulk))
+            .or_insert_with(|| MuxSetInner::spawn(self.shared.clone(), db, proto, n))
             .clone()
     }
 
@@ -97,7 +102,8 @@ impl Router {
         SessionRoute {
             db: self.default_db,
             proto: Proto::Resp2,
-            set: self.set_for(self.default_db, Proto::Resp2),
+            set: self.set_for(self.default_db, Proto::Resp2, false),
+            bulk: false,
             affinity,
         }
     }
@@ -129,7 +135,7 @@ impl Router {
     pub fn select(&self, route: &mut SessionRoute, db: &[u8]) -> Result<(), &'static str> {
         let db = self.check_db(db)?;
         if db != route.db {
-            route.set = self.set_for(db, route.proto);
+            route.set = self.set_for(db, route.proto, route.bulk);
             route.db = db;
         }
         Ok(())
@@ -152,9 +158,29 @@ impl Router {
     /// that speak it, so RESP3 clients get RESP3 replies.
     pub fn set_proto(&self, route: &mut SessionRoute, proto: Proto) {
         if proto != route.proto {
-            route.set = self.set_for(route.db, proto);
+            route.set = self.set_for(route.db, proto, route.bulk);
             route.proto = proto;
         }
+    }
+
+    /// Where a session's shared commands should go given its mean reply size: a session
+    /// whose replies are large (mean above [`BULK_REPLY`]) uses a separate connection, so
+    /// that megabyte replies never sit in front of other clients' small ones; it moves back
+    /// when they are small again. `Some(bulk)` when the session should move.
+    pub fn bulk_move(&self, route: &SessionRoute, mean_reply: usize) -> Option<bool> {
+        let bulk = if route.bulk {
+            mean_reply > BULK_REPLY / 4
+        } else {
+            mean_reply > BULK_REPLY
+        };
+        (bulk != route.bulk).then_some(bulk)
+    }
+
+    /// Moves the session on or off the bulk connection (after its in-flight commands are
+    /// answered, so their execution order holds).
+    pub fn set_bulk(&self, route: &mut SessionRoute, bulk: bool) {
+        route.bulk = bulk;
+        route.set = self.set_for(route.db, route.proto, bulk);
     }
 
     /// Whether `SELECT`/`HELLO` would move the session to other connections (it first
@@ -227,7 +253,7 @@ impl Router {
 
     /// True once the default database has a live connection (for readiness checks).
     pub fn is_ready(&self) -> bool {
-        self.set_for(self.default_db, Proto::Resp2).any_up()
+        self.set_for(self.default_db, Proto::Resp2, false).any_up()
     }
 
     /// The reply commands get while the upstream is unreachable.
