@@ -102,6 +102,40 @@ fn config_file_with_unknown_key_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
 }
 
+/// Starts the binary in front of `redis` with `extra` flags on a free port; returns once
+/// it answers PING.
+fn start_proxy(redis: &RedisServer, extra: &[&str]) -> (Guard, u16) {
+    let port = common::free_port();
+    let child = Guard(
+        respipe()
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--upstream",
+                &redis.url(),
+            ])
+            .args(extra)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut b = [0u8; 7];
+            if s.write_all(b"PING\r\n").is_ok()
+                && s.read_exact(&mut b).is_ok()
+                && &b == b"+PONG\r\n"
+            {
+                return (child, port);
+            }
+        }
+        assert!(Instant::now() < deadline, "proxy never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Reads stderr lines until one contains `needle` (or 10 s pass); returns the lines read
 /// if it was found.
 fn wait_for_log(child: &mut Child, needle: &str) -> Option<Vec<String>> {
@@ -208,19 +242,7 @@ fn unix_socket_and_tcp_listeners() {
 #[test]
 fn redis_cli_and_redis_benchmark_through_the_binary() {
     let redis = RedisServer::start();
-    let port = common::free_port();
-    let _child = Guard(
-        respipe()
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--upstream",
-                &redis.url(),
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (_child, port) = start_proxy(&redis, &[]);
     let cli = |args: &[&str]| {
         let out = Command::new("redis-cli")
             .args(["-p", &port.to_string()])
@@ -265,19 +287,7 @@ fn redis_cli_and_redis_benchmark_through_the_binary() {
 #[test]
 fn redis_cli_pipe_mass_insertion() {
     let redis = RedisServer::start();
-    let port = common::free_port();
-    let _child = Guard(
-        respipe()
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--upstream",
-                &redis.url(),
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (_child, port) = start_proxy(&redis, &[]);
     let p = port.to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Command::new("redis-cli")
@@ -331,19 +341,7 @@ fn redis_cli_pipe_mass_insertion() {
 #[test]
 fn redis_cli_interactive_session() {
     let redis = RedisServer::start();
-    let port = common::free_port();
-    let _child = Guard(
-        respipe()
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--upstream",
-                &redis.url(),
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (_child, port) = start_proxy(&redis, &[]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline);
