@@ -31,13 +31,25 @@ pub struct BatchQueue {
     rx: mpsc::UnboundedReceiver<QueuedCommands>,
     /// A run taken from the channel that did not fit in the previous batch.
     carry: Option<QueuedCommands>,
+    /// Runs in the previous batch: whether yielding after a wake-up gathers anything.
+    last_runs: usize,
+    /// Whether the writer runs on the multi-thread runtime (learnt on first use).
+    multi_thread: Option<bool>,
 }
 
 impl BatchQueue {
     /// Creates a queue and its sender.
     pub fn new() -> (BatchSender, Self) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (tx, Self { rx, carry: None })
+        (
+            tx,
+            Self {
+                rx,
+                carry: None,
+                last_runs: 0,
+                multi_thread: None,
+            },
+        )
     }
 
     /// Takes one queued run, waiting for it. `None` once every sender is gone.
@@ -75,11 +87,12 @@ impl BatchQueue {
             cmds += first.slot.remaining() as usize;
             bytes += first.bytes.len();
             batch.push(first);
-            if woken {
-                // Woken by a submit: tokio runs the woken task next (its LIFO slot),
-                // before the other sessions that are ready to submit. Yielding once lets
-                // them run first, so the write carries everything that is ready instead
-                // of one command. (The run is already in `batch`: cancel-safe.)
+            if woken && self.yield_pays() {
+                // Woken by a submit: on the multi-thread runtime the woken task runs next
+                // (its LIFO slot), before the other sessions that are ready to submit.
+                // Yielding once lets them run first, so the write carries everything
+                // that is ready instead of one command. (The run is already in `batch`:
+                // cancel-safe.)
                 tokio::task::yield_now().await;
             }
         }
@@ -93,7 +106,21 @@ impl BatchQueue {
                 full = self.drain(policy, batch, &mut cmds, &mut bytes);
             }
         }
+        self.last_runs = batch.len();
         true
+    }
+
+    /// Whether to yield once before draining. Always on the multi-thread runtime (see
+    /// above). On the current-thread runtime a woken task queues behind the sessions that
+    /// are ready already, so the yield only adds what becomes ready during one more poll
+    /// of the I/O driver: worth that `epoll_wait` while batches hold several runs, a pure
+    /// cost (one syscall per command) for a lone client.
+    fn yield_pays(&mut self) -> bool {
+        let multi_thread = *self.multi_thread.get_or_insert_with(|| {
+            tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread)
+        });
+        multi_thread || self.last_runs > 1
     }
 
     /// Moves queued runs into `batch` until the queue is empty or the batch is full.
