@@ -538,7 +538,7 @@ fn others_p99(port: u16) -> u128 {
 /// A client that sends 10,000 GETs of a 1 MiB value and never reads: other clients on the
 /// same upstream connection keep working and respipe's memory stays bounded (its in-flight
 /// cap lets about 1 MiB of the stuck client's replies out at a time, and the client is cut
-/// off at its output limit).
+/// off at its output limit, though its writer is blocked on its full socket).
 #[test]
 fn a_client_that_never_reads_costs_others_nothing() {
     let redis = RedisServer::start();
@@ -583,6 +583,24 @@ fn a_client_that_never_reads_costs_others_nothing() {
         "p99 {with_stuck} µs vs {base} µs alone"
     );
     assert!(peak < 128, "respipe RSS peaked at {peak} MiB");
+    // The stuck client was cut off, even though its writer was blocked on a full socket
+    // (the limit is 32 MiB; what the kernel buffered before the close may still arrive).
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let (mut got, mut buf) = (0usize, vec![0u8; 1 << 20]);
+    loop {
+        match stuck.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("stuck client still connected after {got} bytes: {e}"),
+        }
+        assert!(
+            got < 64 << 20,
+            "stuck client got {got} bytes, past its output limit"
+        );
+    }
     // And the proxy still serves everyone afterwards.
     drop(stuck);
     assert!(others_p99(port) < 100_000);

@@ -60,6 +60,9 @@ pub struct ReplySink {
     resumed: Notify,
     /// Wakes a session waiting for all its commands to be answered.
     drained: Notify,
+    /// Wakes the session when `overflowed` is set, even while its writer is blocked on a
+    /// client that does not read.
+    overflow: Notify,
     pause_at: usize,
     /// Reply bytes and replies delivered so far: their ratio sizes the in-flight cap.
     delivered_bytes: AtomicUsize,
@@ -101,6 +104,7 @@ impl ReplySink {
             output_limit,
             resumed: Notify::new(),
             drained: Notify::new(),
+            overflow: Notify::new(),
             pause_at: pause_at.max(1),
             delivered_bytes: AtomicUsize::new(0),
             delivered: AtomicUsize::new(0),
@@ -250,6 +254,18 @@ impl ReplySink {
         self.overflowed.load(Ordering::Relaxed)
     }
 
+    /// Resolves once the client exceeded its output limit. The session selects on this
+    /// beside its writer: a writer blocked on a full client socket never gets to look.
+    pub async fn wait_overflowed(&self) {
+        loop {
+            let notified = self.overflow.notified();
+            if self.overflowed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     fn deliver(&self, first_seq: u64, count: u64, bytes: Bytes) {
         self.delivered.fetch_add(count as usize, Ordering::Relaxed);
         self.delivered_bytes
@@ -274,6 +290,7 @@ impl ReplySink {
         if self.output_limit > 0 && total > self.output_limit {
             // Keep nothing more for a client that does not read; its writer closes it.
             self.overflowed.store(true, Ordering::Relaxed);
+            self.overflow.notify_one();
             self.unwritten.fetch_sub(len, Ordering::Relaxed);
             let _ = self.tx.send(ReplyChunk {
                 bytes: Bytes::new(),

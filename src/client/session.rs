@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::auth::{ClientAuth, NOAUTH};
 use super::modes::Leased;
-use super::writer::write_replies;
+use super::writer::{output_limit_exceeded, write_replies};
 use crate::admin::{ErrorKind, Metrics};
 use crate::batch::slot::Timing;
 use crate::batch::{ReplySink, ReplySlot};
@@ -118,6 +118,9 @@ where
     };
     let reason = tokio::select! {
         _ = read => "closed",
+        // A client that stopped reading may hold its writer in a write that never ends:
+        // the limit must cut it off all the same, or its commands keep costing Redis.
+        _ = sink.wait_overflowed() => output_limit_exceeded(&sink),
         r = write_replies(wr, rx, &sink, end_rx) => match r {
             Ok(reason) => reason,
             Err(e) => {

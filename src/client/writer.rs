@@ -82,13 +82,18 @@ pub async fn write_replies<W: AsyncWrite + Unpin>(
         sink.written(written);
         sink.replies_written(next);
         if sink.overflowed() {
-            info!("closing client whose unread replies exceeded the output limit");
-            sink.metrics().error(ErrorKind::OutputLimit, 1);
-            return Ok("output limit exceeded");
+            return Ok(output_limit_exceeded(sink));
         }
         if close {
             let _ = wr.shutdown().await;
             return Ok("closed by the proxy (QUIT, protocol error or limit)");
         }
     }
+}
+
+/// Logs and counts a client cut off at its output limit; the reason, for the log.
+pub fn output_limit_exceeded(sink: &ReplySink) -> &'static str {
+    info!("closing client whose unread replies exceeded the output limit");
+    sink.metrics().error(ErrorKind::OutputLimit, 1);
+    "output limit exceeded"
 }
