@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 use procs::Server;
-use relay::{DelayRelay, PreciseTimer};
+use relay::DelayRelay;
 use report::{Run, TaskRun};
 
 /// Command line. `cargo bench` passes `--bench` to every bench target; it is accepted and
@@ -230,7 +230,6 @@ fn run(args: Args) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let timer = PreciseTimer::new();
 
     let mut redis = procs::redis_server(&work)?;
     load_rt
@@ -327,15 +326,7 @@ fn run(args: Args) -> Result<(), String> {
                 }
             }
             check_alive(&mut redis, site)?;
-            task_claim(
-                &plan,
-                round,
-                site,
-                &mut redis,
-                &load_rt,
-                &timer,
-                &mut task_runs,
-            )?;
+            task_claim(&plan, round, site, &mut redis, &load_rt, &mut task_runs)?;
             check_alive(&mut redis, site)?;
         }
     }
@@ -429,7 +420,6 @@ fn task_claim(
     site: &Site,
     redis: &mut Server,
     rt: &tokio::runtime::Runtime,
-    timer: &PreciseTimer,
     out: &mut Vec<TaskRun>,
 ) -> Result<(), String> {
     let duration = Duration::from_secs_f64(plan.taskclaim_secs);
@@ -448,7 +438,7 @@ fn task_claim(
                 let r0 = redis.cpu_seconds();
                 let p0 = proxy.map_or(0.0, Server::cpu_seconds);
                 let o = rt
-                    .block_on(taskclaim::run(port, load, timer.clone()))
+                    .block_on(taskclaim::run(port, load))
                     .map_err(|e| format!("task-claim against {target}: {e}"))?;
                 let run = TaskRun {
                     round,

@@ -4,106 +4,77 @@
 //! carries (a pipeline pays it once, as on a real network).
 //!
 //! tokio's timer wheel has a 1 ms resolution, too coarse for a 0.2 ms RTT, so deadlines are
-//! kept by [`PreciseTimer`], one OS thread waiting with a 1 µs timer slack.
+//! kept by [`DelayTimer`], a timerfd (nanosecond hrtimer, no timer slack) polled by tokio on
+//! the task's own thread: no helper thread and no cross-thread wake-up per chunk.
 
-use std::sync::mpsc as std_mpsc;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-/// Wakes futures at sub-millisecond deadlines, in deadline order.
-#[derive(Clone)]
-pub struct PreciseTimer {
-    tx: std_mpsc::Sender<(Instant, oneshot::Sender<()>)>,
+/// A one-shot, re-armable sub-millisecond timer for one task.
+pub struct DelayTimer {
+    fd: AsyncFd<OwnedFd>,
 }
 
-/// A pending deadline; ordered by (deadline, arrival) so equal deadlines fire in order.
-struct Pending {
-    deadline: Instant,
-    seq: u64,
-    fire: oneshot::Sender<()>,
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, other: &Self) -> bool {
-        (self.deadline, self.seq) == (other.deadline, other.seq)
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Pending {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        // Reversed: BinaryHeap is a max-heap and the earliest deadline must come out first.
-        (other.deadline, other.seq).cmp(&(self.deadline, self.seq))
-    }
-}
-
-impl PreciseTimer {
-    pub fn new() -> Self {
-        let (tx, rx) = std_mpsc::channel::<(Instant, oneshot::Sender<()>)>();
-        std::thread::Builder::new()
-            .name("precise-timer".into())
-            .spawn(move || {
-                // The default 50 µs slack would be a quarter of a 0.2 ms RTT.
-                // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
-                unsafe {
-                    libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
-                }
-                let mut heap = std::collections::BinaryHeap::<Pending>::new();
-                let mut seq = 0u64;
-                loop {
-                    let now = Instant::now();
-                    while heap.peek().is_some_and(|p| p.deadline <= now) {
-                        if let Some(p) = heap.pop() {
-                            let _ = p.fire.send(());
-                        }
-                    }
-                    let received = match heap.peek() {
-                        None => rx
-                            .recv()
-                            .map_err(|_| std_mpsc::RecvTimeoutError::Disconnected),
-                        Some(p) => rx.recv_timeout(p.deadline.saturating_duration_since(now)),
-                    };
-                    match received {
-                        Ok((deadline, fire)) => {
-                            seq += 1;
-                            heap.push(Pending {
-                                deadline,
-                                seq,
-                                fire,
-                            });
-                        }
-                        Err(std_mpsc::RecvTimeoutError::Timeout) => {}
-                        Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
-                    }
-                }
-            })
-            .map(|_| ())
-            .unwrap_or_else(|e| panic!("cannot start the timer thread: {e}"));
-        PreciseTimer { tx }
-    }
-
-    /// Resolves at `deadline` (or at once if the timer thread is gone).
-    pub async fn sleep_until(&self, deadline: Instant) {
-        if deadline <= Instant::now() {
-            return;
+impl DelayTimer {
+    /// A timer on CLOCK_MONOTONIC, the clock `Instant` reads.
+    pub fn new() -> std::io::Result<DelayTimer> {
+        // SAFETY: timerfd_create has no memory preconditions; the fd is owned below.
+        let raw = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
         }
-        let (fire, wait) = oneshot::channel();
-        if self.tx.send((deadline, fire)).is_ok() {
-            let _ = wait.await;
-        }
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: the OwnedFd stays open, and is the same descriptor, for the AsyncFd's life.
+        let fd = unsafe {
+            AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+                .map_err(std::io::Error::from)?
+        };
+        Ok(DelayTimer { fd })
     }
 
-    fn schedule(&self, deadline: Instant) -> oneshot::Receiver<()> {
-        let (fire, wait) = oneshot::channel();
-        let _ = self.tx.send((deadline, fire));
-        wait
+    /// Resolves at `deadline` (at once if it has passed).
+    pub async fn sleep_until(&mut self, deadline: Instant) -> std::io::Result<()> {
+        let now = Instant::now();
+        if deadline <= now {
+            return Ok(());
+        }
+        let d = deadline - now;
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_nsec: d.subsec_nanos() as libc::c_long,
+            },
+        };
+        let fd = self.fd.get_ref().as_raw_fd();
+        // SAFETY: valid fd and a local itimerspec; a relative, one-shot expiry.
+        if unsafe { libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut()) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let mut expirations = [0u8; 8];
+            // SAFETY: reads 8 bytes into a local buffer of 8.
+            let n = unsafe { libc::read(fd, expirations.as_mut_ptr().cast(), 8) };
+            if n == 8 {
+                return Ok(());
+            }
+            ready.clear_ready();
+        }
     }
 }
 
@@ -121,11 +92,9 @@ impl DelayRelay {
     ) -> std::io::Result<DelayRelay> {
         let listener = rt.block_on(TcpListener::bind("127.0.0.1:0"))?;
         let port = listener.local_addr()?.port();
-        let timer = PreciseTimer::new();
         let one_way = rtt / 2;
         rt.spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let timer = timer.clone();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
                         return;
@@ -134,8 +103,8 @@ impl DelayRelay {
                     let _ = server.set_nodelay(true);
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    tokio::spawn(pump(cr, sw, one_way, timer.clone()));
-                    tokio::spawn(pump(sr, cw, one_way, timer));
+                    tokio::spawn(pump(cr, sw, one_way));
+                    tokio::spawn(pump(sr, cw, one_way));
                 });
             }
         });
@@ -149,13 +118,14 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     delay: Duration,
-    timer: PreciseTimer,
 ) {
-    let (tx, mut rx) = mpsc::channel::<(Vec<u8>, oneshot::Receiver<()>)>(256);
+    let (tx, mut rx) = mpsc::channel::<(Vec<u8>, Instant)>(256);
     let writer = tokio::spawn(async move {
+        let Ok(mut timer) = DelayTimer::new() else {
+            return;
+        };
         while let Some((chunk, due)) = rx.recv().await {
-            let _ = due.await;
-            if to.write_all(&chunk).await.is_err() {
+            if timer.sleep_until(due).await.is_err() || to.write_all(&chunk).await.is_err() {
                 return;
             }
         }
@@ -167,8 +137,11 @@ async fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let due = timer.schedule(Instant::now() + delay);
-        if tx.send((buf[..n].to_vec(), due)).await.is_err() {
+        if tx
+            .send((buf[..n].to_vec(), Instant::now() + delay))
+            .await
+            .is_err()
+        {
             break;
         }
     }

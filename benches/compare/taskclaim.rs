@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use crate::relay::PreciseTimer;
+use crate::relay::DelayTimer;
 
 /// Number of `task:N` hashes the workers pick from.
 pub const TASKS: u64 = 10_000;
@@ -173,7 +173,7 @@ pub async fn populate(port: u16) -> std::io::Result<()> {
 }
 
 /// Runs the workload against `port` and returns what it measured.
-pub async fn run(port: u16, load: Load, timer: PreciseTimer) -> std::io::Result<Outcome> {
+pub async fn run(port: u16, load: Load) -> std::io::Result<Outcome> {
     let mut conns = Vec::with_capacity(load.pool);
     for _ in 0..load.pool {
         conns.push(Conn::open(port).await?);
@@ -187,8 +187,7 @@ pub async fn run(port: u16, load: Load, timer: PreciseTimer) -> std::io::Result<
     let mut handles = Vec::with_capacity(load.workers);
     for w in 0..load.workers {
         let pool = pool.clone();
-        let timer = timer.clone();
-        handles.push(tokio::spawn(worker(w, pool, timer, load, start, end)));
+        handles.push(tokio::spawn(worker(w, pool, load, start, end)));
     }
     let mut total = Outcome {
         commands: 0,
@@ -215,7 +214,6 @@ fn new_hist() -> Histogram<u64> {
 async fn worker(
     w: usize,
     pool: Arc<Pool>,
-    timer: PreciseTimer,
     load: Load,
     start: Instant,
     end: Instant,
@@ -235,7 +233,8 @@ async fn worker(
             i.mul_f64(w as f64 / load.workers as f64)
         });
     let mut task = (w as u64 * 7919) % TASKS;
-    timer.sleep_until(next).await;
+    let mut timer = DelayTimer::new()?;
+    timer.sleep_until(next).await?;
     while Instant::now() < end {
         let key = format!("task:{task}");
         let hget = command(&[b"HGET", key.as_bytes(), b"data"]);
@@ -257,7 +256,7 @@ async fn worker(
             if next >= end {
                 break;
             }
-            timer.sleep_until(next).await;
+            timer.sleep_until(next).await?;
         }
     }
     Ok(out)
