@@ -4,79 +4,15 @@
 //! carries (a pipeline pays it once, as on a real network).
 //!
 //! tokio's timer wheel has a 1 ms resolution, too coarse for a 0.2 ms RTT, so deadlines are
-//! kept by [`DelayTimer`], a timerfd (nanosecond hrtimer, no timer slack) polled by tokio on
-//! the task's own thread: no helper thread and no cross-thread wake-up per chunk.
+//! kept by respipe's own [`PreciseTimer`] (the one its batch window uses), a timerfd polled by
+//! tokio on the task's own thread: no helper thread and no cross-thread wake-up per chunk.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use tokio::io::unix::AsyncFd;
+use respipe::batch::PreciseTimer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-
-/// A one-shot, re-armable sub-millisecond timer for one task.
-pub struct DelayTimer {
-    fd: AsyncFd<OwnedFd>,
-}
-
-impl DelayTimer {
-    /// A timer on CLOCK_MONOTONIC, the clock `Instant` reads.
-    pub fn new() -> std::io::Result<DelayTimer> {
-        // SAFETY: timerfd_create has no memory preconditions; the fd is owned below.
-        let raw = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: the OwnedFd stays open, and is the same descriptor, for the AsyncFd's life.
-        let fd = unsafe {
-            AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-                .map_err(std::io::Error::from)?
-        };
-        Ok(DelayTimer { fd })
-    }
-
-    /// Resolves at `deadline` (at once if it has passed).
-    pub async fn sleep_until(&mut self, deadline: Instant) -> std::io::Result<()> {
-        let now = Instant::now();
-        if deadline <= now {
-            return Ok(());
-        }
-        let d = deadline - now;
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: d.as_secs() as libc::time_t,
-                tv_nsec: d.subsec_nanos() as libc::c_long,
-            },
-        };
-        let fd = self.fd.get_ref().as_raw_fd();
-        // SAFETY: valid fd and a local itimerspec; a relative, one-shot expiry.
-        if unsafe { libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut()) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        loop {
-            let mut ready = self.fd.readable().await?;
-            let mut expirations = [0u8; 8];
-            // SAFETY: reads 8 bytes into a local buffer of 8.
-            let n = unsafe { libc::read(fd, expirations.as_mut_ptr().cast(), 8) };
-            if n == 8 {
-                return Ok(());
-            }
-            ready.clear_ready();
-        }
-    }
-}
 
 /// A running relay: listens on `port`, forwards to `upstream` with `rtt` added.
 pub struct DelayRelay {
@@ -121,7 +57,7 @@ async fn pump(
 ) {
     let (tx, mut rx) = mpsc::channel::<(Vec<u8>, Instant)>(256);
     let writer = tokio::spawn(async move {
-        let Ok(mut timer) = DelayTimer::new() else {
+        let Ok(mut timer) = PreciseTimer::new() else {
             return;
         };
         while let Some((chunk, due)) = rx.recv().await {

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use crate::relay::DelayTimer;
+use respipe::batch::PreciseTimer;
 
 /// Number of `task:N` hashes the workers pick from.
 pub const TASKS: u64 = 10_000;
@@ -233,7 +233,7 @@ async fn worker(
             i.mul_f64(w as f64 / load.workers as f64)
         });
     let mut task = (w as u64 * 7919) % TASKS;
-    let mut timer = DelayTimer::new()?;
+    let mut timer = PreciseTimer::new()?;
     timer.sleep_until(next).await?;
     while Instant::now() < end {
         let key = format!("task:{task}");

@@ -4,9 +4,11 @@
 pub mod policy;
 pub mod queue;
 pub mod slot;
+pub mod timer;
 pub mod write;
 
 pub use policy::FlushPolicy;
 pub use queue::{BatchQueue, BatchSender, QueuedCommands};
 pub use slot::{ReplyChunk, ReplySink, ReplySlot};
+pub use timer::PreciseTimer;
 pub use write::WriteBuffer;

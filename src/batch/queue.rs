@@ -3,8 +3,11 @@
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use tracing::warn;
+
 use super::policy::FlushPolicy;
 use super::slot::ReplySlot;
+use super::timer::PreciseTimer;
 
 /// A run of consecutive commands from one session, as raw RESP bytes, with the slot their
 /// replies go to. Sessions submit runs, not single commands: a client pipelining 16
@@ -35,6 +38,8 @@ pub struct BatchQueue {
     last_runs: usize,
     /// Whether the writer runs on the multi-thread runtime (learnt on first use).
     multi_thread: Option<bool>,
+    /// Ends a batch window; made on first use, inside the writer's runtime.
+    timer: Option<PreciseTimer>,
 }
 
 impl BatchQueue {
@@ -48,6 +53,7 @@ impl BatchQueue {
                 carry: None,
                 last_runs: 0,
                 multi_thread: None,
+                timer: None,
             },
         )
     }
@@ -96,18 +102,59 @@ impl BatchQueue {
                 tokio::task::yield_now().await;
             }
         }
-        let mut full = self.drain(policy, batch, &mut cmds, &mut bytes);
+        let full = self.drain(policy, batch, &mut cmds, &mut bytes);
         if !full && !policy.window.is_zero() {
-            let deadline = tokio::time::Instant::now() + policy.window;
-            while !full {
-                if !policy.wait_a_little(deadline).await {
-                    break;
-                }
-                full = self.drain(policy, batch, &mut cmds, &mut bytes);
-            }
+            self.gather(policy, batch, &mut cmds, &mut bytes).await;
         }
         self.last_runs = batch.len();
         true
+    }
+
+    /// Takes runs as they arrive until the window closes or the batch is full. The writer
+    /// sleeps on a [`PreciseTimer`] meanwhile: woken by each submit or by the deadline,
+    /// never spinning. Cancel-safe like `next_batch`.
+    async fn gather(
+        &mut self,
+        policy: &FlushPolicy,
+        batch: &mut Vec<QueuedCommands>,
+        cmds: &mut usize,
+        bytes: &mut usize,
+    ) {
+        let deadline = std::time::Instant::now() + policy.window;
+        // Taken out while in use (drain borrows self); a cancelled gather drops it, and the
+        // next window makes another.
+        let mut timer = match self.timer.take() {
+            Some(t) => t,
+            None => match PreciseTimer::new() {
+                Ok(t) => t,
+                Err(e) => {
+                    // Without a timer the batch goes now: a window is an optimisation.
+                    warn!("no timer for the batch window, writing at once: {e}");
+                    return;
+                }
+            },
+        };
+        // Armed once: runs arriving during the window cost no syscall.
+        if timer.arm(deadline).unwrap_or(false) {
+            loop {
+                let arrived = tokio::select! {
+                    biased;
+                    next = self.rx.recv() => next,
+                    _ = timer.fired() => break,
+                };
+                match arrived {
+                    Some(run) => {
+                        self.carry = Some(run);
+                        if self.drain(policy, batch, cmds, bytes) {
+                            break;
+                        }
+                    }
+                    // Closed: write what is gathered; the next call reports the end.
+                    None => break,
+                }
+            }
+        }
+        self.timer = Some(timer);
     }
 
     /// Whether to yield once before draining. Always on the multi-thread runtime (see
