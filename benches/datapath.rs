@@ -31,6 +31,8 @@ const BIG_ARRAY: usize = 100_000;
 const READ_STEP: usize = 64 * 1024;
 /// Runs per batch in the batching groups.
 const RUNS: usize = 64;
+/// Sessions the demultiplexing group's runs belong to.
+const SESSIONS: usize = 16;
 
 /// Small deterministic generator, so every run benchmarks the same bytes.
 struct Lcg(u64);
@@ -380,6 +382,75 @@ fn batching(c: &mut Criterion) {
     group.finish();
 }
 
+/// The replies Redis sends for `small_runs()`: `+OK` for a SET, a 32-byte bulk for a GET.
+fn replies_for(runs: &[(Bytes, u64)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (bytes, _) in runs {
+        let mut rest = &bytes[..];
+        let mut scanner = RequestScanner::new();
+        while let Ok(Some(Request::Multibulk { len, name, .. })) = scanner.scan(rest) {
+            if &rest[name] == b"SET" {
+                out.extend_from_slice(b"+OK\r\n");
+            } else {
+                out.extend_from_slice(b"$32\r\n");
+                out.extend_from_slice(&filler(32, len as u64));
+                out.extend_from_slice(b"\r\n");
+            }
+            rest = &rest[len..];
+        }
+    }
+    out
+}
+
+/// What the shared upstream reader does with one read holding a whole batch's replies: split
+/// it per run with `ReplyScanner` and hand each run's bytes to its session's slot.
+fn demultiplexing(c: &mut Criterion) {
+    let runs = small_runs();
+    let replies = replies_for(&runs);
+    let mut group = c.benchmark_group("demultiplexing/64_runs_16_sessions");
+    group.throughput(Throughput::Bytes(replies.len() as u64));
+    group.bench_function("ReplyScanner split + ReplySlot::complete", |b| {
+        let mut sessions: Vec<_> = (0..SESSIONS)
+            .map(|_| ReplySink::new(usize::MAX, 0, respipe::admin::Metrics::new(false)))
+            .collect();
+        let mut seqs = [0u64; SESSIONS];
+        let mut slots = Vec::with_capacity(RUNS);
+        let mut scanner = ReplyScanner::new();
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                // Untimed: the slots the writer queued, and the read that filled the buffer.
+                for (i, (_, n)) in runs.iter().enumerate() {
+                    let s = i % SESSIONS;
+                    slots.push(ReplySlot::new(Arc::clone(&sessions[s].0), seqs[s], *n));
+                    seqs[s] += n;
+                }
+                let mut buf = bytes::BytesMut::from(&replies[..]);
+                let start = Instant::now();
+                for slot in slots.iter_mut() {
+                    let (mut scanned, n) = (0, slot.remaining());
+                    for _ in 0..n {
+                        match scanner.scan(&buf[scanned..]) {
+                            Ok(Some(len)) => scanned += len,
+                            other => panic!("reply mix does not scan: {other:?}"),
+                        }
+                    }
+                    slot.complete(n, buf.split_to(scanned).freeze());
+                }
+                spent += start.elapsed();
+                assert!(buf.is_empty());
+                slots.clear();
+                // Untimed: the sessions take their replies.
+                for (_, rx) in sessions.iter_mut() {
+                    while rx.try_recv().is_ok() {}
+                }
+            }
+            spent
+        })
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -390,6 +461,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = datapath;
     config = config();
-    targets = request_framing, reply_splitting, batching
+    targets = request_framing, reply_splitting, batching, demultiplexing
 }
 criterion_main!(datapath);
