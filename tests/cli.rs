@@ -5,6 +5,8 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::RedisServer;
@@ -535,10 +537,23 @@ fn others_p99(port: u16) -> u128 {
     all[all.len() * 99 / 100]
 }
 
+/// Connects a client that sends 10,000 GETs of the 1 MiB value `big` and never reads.
+fn stuck_client(port: u16) -> std::net::TcpStream {
+    let mut stuck = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stuck
+        .write_all(&b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(10_000))
+        .unwrap();
+    stuck
+}
+
 /// A client that sends 10,000 GETs of a 1 MiB value and never reads: other clients on the
 /// same upstream connection keep working and respipe's memory stays bounded (its in-flight
 /// cap lets about 1 MiB of the stuck client's replies out at a time, and the client is cut
 /// off at its output limit, though its writer is blocked on its full socket).
+///
+/// A stuck client is cut off within tens of milliseconds (32 MiB at memory speed), so to
+/// measure others *while* one is being served, a fresh stuck client arrives every 100 ms for
+/// the whole measurement. Runs alone and beside them alternate three times.
 #[test]
 fn a_client_that_never_reads_costs_others_nothing() {
     let redis = RedisServer::start();
@@ -556,35 +571,62 @@ fn a_client_that_never_reads_costs_others_nothing() {
     let mut ok = [0u8; 5];
     setter.read_exact(&mut ok).unwrap();
 
-    let base = others_p99(port);
     let rss_before = rss_mib(pid);
-    let mut stuck = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stuck
-        .write_all(&b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(10_000))
-        .unwrap();
-    let sampler = std::thread::spawn(move || {
-        let (mut peak, until) = (0, Instant::now() + Duration::from_secs(3));
-        while Instant::now() < until {
-            peak = peak.max(rss_mib(pid));
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        peak
-    });
-    std::thread::sleep(Duration::from_millis(100));
-    let with_stuck = others_p99(port);
-    let peak = sampler.join().unwrap();
-    eprintln!("others' p99: {base} µs alone, {with_stuck} µs beside the stuck client; respipe RSS {rss_before} MiB before, peak {peak} MiB");
-    // The issue's target is 1.5x of the p99 alone; it is not asserted here (this shared
-    // 2-core machine's noise alone exceeds it); the figures printed above go to the notes.
-    // What is asserted: others are never stalled behind the stuck client's backlog, and
-    // respipe's memory stays bounded.
-    assert!(
-        with_stuck < 100_000,
-        "p99 {with_stuck} µs vs {base} µs alone"
+    let (mut alone, mut beside, mut peak, mut arrivals) = (Vec::new(), Vec::new(), 0, 0);
+    for _ in 0..3 {
+        alone.push(others_p99(port));
+        let stop = Arc::new(AtomicBool::new(false));
+        let cycler = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut n, mut peak) = (0, 0);
+                while !stop.load(Ordering::Relaxed) {
+                    let stuck = stuck_client(port);
+                    n += 1;
+                    let until = Instant::now() + Duration::from_millis(100);
+                    while Instant::now() < until {
+                        peak = peak.max(rss_mib(pid));
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    drop(stuck);
+                }
+                (n, peak)
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        beside.push(others_p99(port));
+        stop.store(true, Ordering::Relaxed);
+        let (n, p) = cycler.join().unwrap();
+        arrivals += n;
+        peak = peak.max(p);
+    }
+    let ratios: Vec<f64> = alone
+        .iter()
+        .zip(&beside)
+        .map(|(a, b)| *b as f64 / *a as f64)
+        .collect();
+    let mut sorted = ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    eprintln!(
+        "others' p99 alone {alone:?} µs, beside stuck clients {beside:?} µs (ratios {ratios:.2?}, \
+         median {:.2}); {arrivals} stuck clients; respipe RSS {rss_before} MiB before, peak {peak} MiB",
+        sorted[1]
     );
+    // The issue's target is 1.5x of the p99 alone; it is reported above, not asserted (this
+    // shared 2-core machine's noise alone can exceed it). What is asserted: others are never
+    // stalled behind a stuck client's backlog, and respipe's memory stays bounded.
+    for b in &beside {
+        assert!(
+            *b < 100_000,
+            "p99 {b} µs beside stuck clients vs {alone:?} alone"
+        );
+    }
     assert!(peak < 128, "respipe RSS peaked at {peak} MiB");
-    // The stuck client was cut off, even though its writer was blocked on a full socket
-    // (the limit is 32 MiB; what the kernel buffered before the close may still arrive).
+
+    // One stuck client is cut off, even though its writer is blocked on a full socket (the
+    // limit is 32 MiB; what the kernel buffered before the close may still arrive).
+    let mut stuck = stuck_client(port);
+    std::thread::sleep(Duration::from_millis(300));
     stuck
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
