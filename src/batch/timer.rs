@@ -49,14 +49,6 @@ impl PreciseTimer {
         Ok(PreciseTimer { fd })
     }
 
-    /// Resolves at `deadline` (at once if it has passed).
-    pub async fn sleep_until(&mut self, deadline: Instant) -> io::Result<()> {
-        if self.arm(deadline)? {
-            self.fired().await?;
-        }
-        Ok(())
-    }
-
     /// Sets the timer to fire at `deadline`, replacing any earlier setting (and its
     /// expirations not yet read). False, and nothing set, if the deadline has passed.
     pub fn arm(&mut self, deadline: Instant) -> io::Result<bool> {
@@ -115,12 +107,6 @@ impl PreciseTimer {
         Ok(PreciseTimer { deadline: None })
     }
 
-    /// Resolves at `deadline`, rounded up to tokio's 1 ms tick.
-    pub async fn sleep_until(&mut self, deadline: Instant) -> io::Result<()> {
-        tokio::time::sleep_until(deadline.into()).await;
-        Ok(())
-    }
-
     /// Sets the deadline `fired` waits for; false if it has passed.
     pub fn arm(&mut self, deadline: Instant) -> io::Result<bool> {
         self.deadline = Some(deadline);
@@ -132,6 +118,16 @@ impl PreciseTimer {
         match self.deadline {
             Some(d) => tokio::time::sleep_until(d.into()).await,
             None => std::future::pending().await,
+        }
+        Ok(())
+    }
+}
+
+impl PreciseTimer {
+    /// Resolves at `deadline` (at once if it has passed).
+    pub async fn sleep_until(&mut self, deadline: Instant) -> io::Result<()> {
+        if self.arm(deadline)? {
+            self.fired().await?;
         }
         Ok(())
     }
