@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 use procs::Server;
+use redisbench::Endpoint;
 use relay::DelayRelay;
 use report::{Run, TaskRun};
 
@@ -73,6 +74,10 @@ pub struct Args {
     /// Leave twemproxy out even when installed.
     #[arg(long)]
     no_twemproxy: bool,
+    /// Also run redis-benchmark against each proxy on a unix socket ("respipe unix",
+    /// "twemproxy unix"), as a sidecar can be reached. The targets stay judged on TCP.
+    #[arg(long)]
+    unix: bool,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -131,9 +136,13 @@ struct Site {
     direct_port: u16,
     respipe: Server,
     twemproxy: Option<Server>,
+    /// The proxies' unix sockets, with `--unix`.
+    respipe_unix: Option<PathBuf>,
+    twemproxy_unix: Option<PathBuf>,
 }
 
 impl Site {
+    /// The TCP targets: every workload runs against these.
     fn targets(&self) -> Vec<(&'static str, u16)> {
         let mut t = vec![("direct", self.direct_port)];
         if let Some(tw) = &self.twemproxy {
@@ -143,10 +152,26 @@ impl Site {
         t
     }
 
+    /// The redis-benchmark targets: the TCP ones, then the proxies' unix sockets.
+    fn bench_targets(&self) -> Vec<(&'static str, Endpoint)> {
+        let mut t: Vec<(&'static str, Endpoint)> = self
+            .targets()
+            .into_iter()
+            .map(|(name, port)| (name, Endpoint::Tcp(port)))
+            .collect();
+        if let (Some(_), Some(path)) = (&self.twemproxy, &self.twemproxy_unix) {
+            t.push(("twemproxy unix", Endpoint::Unix(path.clone())));
+        }
+        if let Some(path) = &self.respipe_unix {
+            t.push(("respipe unix", Endpoint::Unix(path.clone())));
+        }
+        t
+    }
+
     fn proxy(&self, target: &str) -> Option<&Server> {
         match target {
-            "respipe" => Some(&self.respipe),
-            "twemproxy" => self.twemproxy.as_ref(),
+            "respipe" | "respipe unix" => Some(&self.respipe),
+            "twemproxy" | "twemproxy unix" => self.twemproxy.as_ref(),
             _ => None,
         }
     }
@@ -253,9 +278,24 @@ fn run(args: Args) -> Result<(), String> {
             .as_secs_f64()
             * 1000.0;
         let tag = format!("rtt{i}");
-        let respipe = procs::respipe(&respipe_bin, upstream, &respipe_extra, &work, &tag)?;
+        let sock = |name: &str| args.unix.then(|| work.join(format!("{name}-{tag}.sock")));
+        let (respipe_unix, twemproxy_unix) = (sock("respipe"), sock("twemproxy"));
+        let respipe = procs::respipe(
+            &respipe_bin,
+            upstream,
+            &respipe_extra,
+            &work,
+            &tag,
+            respipe_unix.as_deref(),
+        )?;
         let twemproxy = match &nutcracker {
-            Some(bin) => Some(procs::twemproxy(bin, upstream, &work, &tag)?),
+            Some(bin) => Some(procs::twemproxy(
+                bin,
+                upstream,
+                &work,
+                &tag,
+                twemproxy_unix.as_deref(),
+            )?),
             None => None,
         };
         eprintln!(
@@ -272,6 +312,8 @@ fn run(args: Args) -> Result<(), String> {
             direct_port: upstream,
             respipe,
             twemproxy,
+            respipe_unix,
+            twemproxy_unix,
         });
     }
 
@@ -299,13 +341,17 @@ fn run(args: Args) -> Result<(), String> {
                             pipeline,
                             requests: requests_for(&plan, site.rtt_ms, clients, pipeline),
                         };
-                        for (target, port) in site.targets() {
+                        for (target, at) in site.bench_targets() {
                             let proxy = site.proxy(target);
                             let r0 = redis.cpu_seconds();
-                            let p0 = proxy.map_or(0.0, Server::cpu_seconds);
+                            let p0 = proxy.map_or(procs::Cpu::default(), Server::cpu);
+                            let c0 = procs::children_cpu();
                             let t0 = Instant::now();
-                            let m = redisbench::run(port, &spec, timeout)?;
+                            let m = redisbench::run(&at, &spec, timeout)?;
                             let wall = t0.elapsed().as_secs_f64();
+                            let client = procs::children_cpu().since(c0);
+                            let proxy_cpu =
+                                proxy.map_or(procs::Cpu::default(), |p| p.cpu().since(p0));
                             let run = Run {
                                 round,
                                 rtt_ms: site.rtt_ms,
@@ -316,7 +362,9 @@ fn run(args: Args) -> Result<(), String> {
                                 requests: spec.requests,
                                 m,
                                 redis_cpu: redis.cpu_seconds() - r0,
-                                proxy_cpu: proxy.map_or(0.0, |p| p.cpu_seconds() - p0),
+                                proxy_cpu: proxy_cpu.total(),
+                                proxy_sys: proxy_cpu.sys,
+                                client_cpu: client.total(),
                                 wall,
                             };
                             eprintln!("compare: {}", run.line());

@@ -26,7 +26,15 @@ impl Server {
 
     /// CPU seconds (utime + stime) the process has used so far.
     pub fn cpu_seconds(&self) -> f64 {
-        cpu_seconds(self.pid()).unwrap_or(f64::NAN)
+        self.cpu().total()
+    }
+
+    /// CPU seconds so far, user and kernel apart.
+    pub fn cpu(&self) -> Cpu {
+        cpu_split(self.pid()).unwrap_or(Cpu {
+            user: f64::NAN,
+            sys: f64::NAN,
+        })
     }
 
     /// (current, peak) resident set size in bytes, from /proc/<pid>/status.
@@ -61,16 +69,59 @@ fn clock_ticks() -> f64 {
     }
 }
 
-/// utime + stime of a whole process, in seconds. The fields are counted after the ")" that
-/// ends the command name, which may itself contain spaces.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
+/// CPU seconds, user and kernel apart: the kernel share shows how much of a proxy's cost
+/// is the socket calls every proxy must make, whatever its own code does.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu {
+    pub user: f64,
+    pub sys: f64,
+}
+
+impl Cpu {
+    pub fn total(self) -> f64 {
+        self.user + self.sys
+    }
+
+    /// What was used since `before`.
+    pub fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            user: self.user - before.user,
+            sys: self.sys - before.sys,
+        }
+    }
+}
+
+/// utime and stime of a whole process, in seconds. The fields are counted after the ")"
+/// that ends the command name, which may itself contain spaces.
+pub fn cpu_split(pid: u32) -> Option<Cpu> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After ")": state is field 3 of the full line, utime 14 and stime 15.
     let utime: f64 = f.get(11)?.parse().ok()?;
     let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / clock_ticks())
+    Some(Cpu {
+        user: utime / clock_ticks(),
+        sys: stime / clock_ticks(),
+    })
+}
+
+/// CPU seconds used so far by this process's children that have been waited for: read
+/// before and after a `redis-benchmark` run, the load generator's own cost.
+pub fn children_cpu() -> Cpu {
+    // SAFETY: getrusage fills a local struct.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) } != 0 {
+        return Cpu {
+            user: f64::NAN,
+            sys: f64::NAN,
+        };
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Cpu {
+        user: secs(u.ru_utime),
+        sys: secs(u.ru_stime),
+    }
 }
 
 /// (VmRSS, VmHWM) in bytes.
@@ -100,9 +151,34 @@ pub fn wait_ping(port: u16, name: &str) -> Result<(), String> {
     }
 }
 
+/// Sends PING on a unix socket until the server answers +PONG (10 s at most).
+pub fn wait_ping_unix(path: &Path, name: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answered = std::os::unix::net::UnixStream::connect(path).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+            pong(&mut s)
+        });
+        if answered.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{name} on {} did not answer PING within 10 s",
+                path.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn ping(port: u16) -> std::io::Result<()> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(1)))?;
+    pong(&mut s)
+}
+
+fn pong<S: Read + Write>(s: &mut S) -> std::io::Result<()> {
     s.write_all(PING)?;
     let mut buf = [0u8; 7];
     s.read_exact(&mut buf)?;
@@ -148,13 +224,15 @@ pub fn redis_server(work: &Path) -> Result<Server, String> {
     spawn("redis-server", port, &mut cmd, &work.join("redis.log"))
 }
 
-/// respipe in front of `upstream_port`, with `extra` flags.
+/// respipe in front of `upstream_port`, with `extra` flags; also on the unix socket `unix`
+/// when given.
 pub fn respipe(
     bin: &Path,
     upstream_port: u16,
     extra: &[String],
     work: &Path,
     tag: &str,
+    unix: Option<&Path>,
 ) -> Result<Server, String> {
     let port = free_port().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(bin);
@@ -162,12 +240,19 @@ pub fn respipe(
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(extra)
         .env("RUST_LOG", "warn");
-    spawn(
+    if let Some(path) = unix {
+        cmd.arg("--listen").arg(format!("unix:{}", path.display()));
+    }
+    let server = spawn(
         "respipe",
         port,
         &mut cmd,
         &work.join(format!("respipe-{tag}.log")),
-    )
+    )?;
+    if let Some(path) = unix {
+        wait_ping_unix(path, "respipe")?;
+    }
+    Ok(server)
 }
 
 /// Where nutcracker is, when it is installed.
@@ -183,16 +268,29 @@ pub fn nutcracker_path() -> Option<PathBuf> {
 
 /// twemproxy with one `redis: true` pool holding one server, the way it would sit beside an
 /// application. `server_connections: 1` is its default: every client's requests are merged
-/// onto one upstream connection, as respipe does.
-pub fn twemproxy(bin: &Path, upstream_port: u16, work: &Path, tag: &str) -> Result<Server, String> {
+/// onto one upstream connection, as respipe does. With `unix`, a second, identical pool
+/// listens on that unix socket (twemproxy takes one listener per pool).
+pub fn twemproxy(
+    bin: &Path,
+    upstream_port: u16,
+    work: &Path,
+    tag: &str,
+    unix: Option<&Path>,
+) -> Result<Server, String> {
     let port = free_port().map_err(|e| e.to_string())?;
     let stats = free_port().map_err(|e| e.to_string())?;
     let conf = work.join(format!("nutcracker-{tag}.yml"));
-    let yml = format!(
-        "bench:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  distribution: ketama\n  \
-         redis: true\n  auto_eject_hosts: false\n  server_connections: 1\n  \
-         servers:\n   - 127.0.0.1:{upstream_port}:1\n"
-    );
+    let pool = |name: &str, listen: &str| {
+        format!(
+            "{name}:\n  listen: {listen}\n  hash: fnv1a_64\n  distribution: ketama\n  \
+             redis: true\n  auto_eject_hosts: false\n  server_connections: 1\n  \
+             servers:\n   - 127.0.0.1:{upstream_port}:1\n"
+        )
+    };
+    let mut yml = pool("bench", &format!("127.0.0.1:{port}"));
+    if let Some(path) = unix {
+        yml.push_str(&pool("bench_unix", &format!("{} 0600", path.display())));
+    }
     std::fs::write(&conf, yml).map_err(|e| e.to_string())?;
     let mut cmd = Command::new(bin);
     cmd.arg("-c")
@@ -200,12 +298,16 @@ pub fn twemproxy(bin: &Path, upstream_port: u16, work: &Path, tag: &str) -> Resu
         .args(["-s", &stats.to_string(), "-a", "127.0.0.1", "-v", "4"])
         .arg("-o")
         .arg(work.join(format!("nutcracker-{tag}.log")));
-    spawn(
+    let server = spawn(
         "twemproxy",
         port,
         &mut cmd,
         &work.join(format!("nutcracker-{tag}.err")),
-    )
+    )?;
+    if let Some(path) = unix {
+        wait_ping_unix(path, "twemproxy")?;
+    }
+    Ok(server)
 }
 
 /// Version strings for the report header.

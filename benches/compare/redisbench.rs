@@ -1,7 +1,25 @@
 //! One `redis-benchmark` run and what its `--csv` output says.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
+
+/// Where a target listens: a 127.0.0.1 port, or a unix socket (a sidecar can be reached
+/// either way; the socket skips the TCP stack on both sides).
+#[derive(Clone, Debug)]
+pub enum Endpoint {
+    Tcp(u16),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(port) => write!(f, "127.0.0.1:{port}"),
+            Endpoint::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
 
 /// One redis-benchmark invocation: a single test, so CPU can be attributed to it.
 #[derive(Clone, Debug)]
@@ -20,12 +38,16 @@ pub struct Measured {
     pub p99_ms: f64,
 }
 
-/// Runs redis-benchmark against 127.0.0.1:`port`, bounded by `timeout`.
-pub fn run(port: u16, spec: &Spec, timeout: Duration) -> Result<Measured, String> {
-    let out = Command::new("timeout")
-        .arg(timeout.as_secs().to_string())
-        .arg("redis-benchmark")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+/// Runs redis-benchmark against `at`, bounded by `timeout`.
+pub fn run(at: &Endpoint, spec: &Spec, timeout: Duration) -> Result<Measured, String> {
+    let mut cmd = Command::new("timeout");
+    cmd.arg(timeout.as_secs().to_string())
+        .arg("redis-benchmark");
+    match at {
+        Endpoint::Tcp(port) => cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]),
+        Endpoint::Unix(path) => cmd.arg("-s").arg(path),
+    };
+    let out = cmd
         .args(["-t", &spec.test, "--csv"])
         .args(["-c", &spec.clients.to_string()])
         .args(["-P", &spec.pipeline.to_string()])
@@ -36,7 +58,7 @@ pub fn run(port: u16, spec: &Spec, timeout: Duration) -> Result<Measured, String
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() || stderr.to_ascii_lowercase().contains("error") {
         return Err(format!(
-            "redis-benchmark {spec:?} on port {port} failed ({}):\n{stdout}{stderr}",
+            "redis-benchmark {spec:?} on {at} failed ({}):\n{stdout}{stderr}",
             out.status
         ));
     }

@@ -20,13 +20,17 @@ pub struct Run {
     pub m: Measured,
     pub redis_cpu: f64,
     pub proxy_cpu: f64,
+    /// The kernel part of `proxy_cpu` (stime).
+    pub proxy_sys: f64,
+    /// redis-benchmark's own CPU seconds.
+    pub client_cpu: f64,
     pub wall: f64,
 }
 
 impl Run {
     pub fn line(&self) -> String {
         format!(
-            "round {} rtt {} ms {:>4} -c {:<3} -P {:<2} {:<9} {:>10.0} ops/s p50 {:.3} p99 {:.3} ms  redis {:.2} proxy {:.2} µs/cmd",
+            "round {} rtt {} ms {:>4} -c {:<3} -P {:<2} {:<14} {:>10.0} ops/s p50 {:.3} p99 {:.3} ms  client {:.2} redis {:.2} proxy {:.2} (kernel {:.2}) µs/cmd",
             self.round,
             self.rtt_ms,
             self.test,
@@ -36,8 +40,10 @@ impl Run {
             self.m.ops,
             self.m.p50_ms,
             self.m.p99_ms,
+            per_cmd_us(self.client_cpu, self.requests),
             per_cmd_us(self.redis_cpu, self.requests),
             per_cmd_us(self.proxy_cpu, self.requests),
+            per_cmd_us(self.proxy_sys, self.requests),
         )
     }
 }
@@ -122,6 +128,8 @@ pub struct Cell {
     pub p99: f64,
     pub redis_us: f64,
     pub proxy_us: f64,
+    pub proxy_sys_us: f64,
+    pub client_us: f64,
 }
 
 fn rtt_key(ms: f64) -> u64 {
@@ -150,6 +158,8 @@ fn cells(runs: &[Run]) -> BTreeMap<CellKey, Cell> {
                 p99: m(&|r| r.m.p99_ms),
                 redis_us: m(&|r| per_cmd_us(r.redis_cpu, r.requests)),
                 proxy_us: m(&|r| per_cmd_us(r.proxy_cpu, r.requests)),
+                proxy_sys_us: m(&|r| per_cmd_us(r.proxy_sys, r.requests)),
+                client_us: m(&|r| per_cmd_us(r.client_cpu, r.requests)),
             };
             (k, cell)
         })
@@ -312,17 +322,20 @@ pub fn markdown(
     let _ = writeln!(
         s,
         "| added RTT | test | -c | -P | target | ops/s | p50 ms | p99 ms | × direct | × twemproxy \
-         | redis-server CPU µs/cmd | proxy CPU µs/cmd |"
+         | client CPU µs/cmd | redis-server CPU µs/cmd | proxy CPU µs/cmd | proxy kernel µs/cmd \
+         | all three µs/cmd |"
     );
     let _ = writeln!(
         s,
-        "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut keys: Vec<&CellKey> = cells.keys().collect();
     let order = |t: &str| match t {
         "direct" => 0,
         "twemproxy" => 1,
-        _ => 2,
+        "respipe" => 2,
+        "twemproxy unix" => 3,
+        _ => 4,
     };
     let test_order = |t: &str| plan.tests.iter().position(|x| x == t).unwrap_or(99);
     keys.sort_by_key(|k| (k.0, k.2, k.3, test_order(&k.1), order(k.4)));
@@ -333,15 +346,19 @@ pub fn markdown(
                 .get(&(k.0, k.1.clone(), k.2, k.3, t))
                 .map_or(f64::NAN, |o| c.ops / o.ops)
         };
-        let (xd, xt) = if k.4 == "direct" {
-            (f64::NAN, f64::NAN)
-        } else {
-            (other("direct"), other("twemproxy"))
+        // Each respipe beside the twemproxy reached the same way.
+        let (xd, xt) = match k.4 {
+            "direct" => (f64::NAN, f64::NAN),
+            "respipe" => (other("direct"), other("twemproxy")),
+            "respipe unix" => (other("direct"), other("twemproxy unix")),
+            _ => (other("direct"), f64::NAN),
         };
-        let xt = if k.4 == "twemproxy" { f64::NAN } else { xt };
+        let proxied = k.4 != "direct";
+        let dash = |v: f64| if proxied { fmt_us(v) } else { "–".into() };
+        let all = c.client_us + c.redis_us + if proxied { c.proxy_us } else { 0.0 };
         let _ = writeln!(
             s,
-            "| {} ms | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} ms | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             k.0 as f64 / 1000.0,
             k.1.to_uppercase(),
             k.2,
@@ -352,18 +369,21 @@ pub fn markdown(
             fmt_ms(c.p99),
             fmt_ratio(xd),
             fmt_ratio(xt),
+            fmt_us(c.client_us),
             fmt_us(c.redis_us),
-            if k.4 == "direct" {
-                "–".into()
-            } else {
-                fmt_us(c.proxy_us)
-            },
+            dash(c.proxy_us),
+            dash(c.proxy_sys_us),
+            fmt_us(all),
         );
     }
     let _ = writeln!(
         s,
-        "\nCPU µs/cmd: utime+stime from /proc/<pid>/stat over the run, divided by its requests \
-         (10 ms clock ticks). × columns: ratio of ops/s medians in the same cell.\n"
+        "\nCPU µs/cmd: utime+stime from /proc/<pid>/stat over the run (redis-benchmark's from \
+         getrusage of the harness's children), divided by its requests (10 ms clock ticks). \
+         Proxy kernel: its stime alone. All three: client + redis-server + proxy, the CPU the \
+         machine spent per command; its cores divided by this bounds the ops/s. × columns: ratio \
+         of ops/s medians in the same cell; a `unix` target is a proxy reached on a unix socket \
+         (its × twemproxy is against twemproxy on a unix socket).\n"
     );
 
     let _ = writeln!(
@@ -476,10 +496,12 @@ fn target_checks(
             out.push((
                 format!("`-c 50 -P 1` {up}: respipe CPU/cmd ≤ 0.6× twemproxy's"),
                 format!(
-                    "{:.2} vs {:.2} µs = {}",
+                    "{:.2} vs {:.2} µs = {} (respipe's kernel part alone: {:.2} µs = {})",
                     r.proxy_us,
                     t.proxy_us,
-                    fmt_ratio(r.proxy_us / t.proxy_us)
+                    fmt_ratio(r.proxy_us / t.proxy_us),
+                    r.proxy_sys_us,
+                    fmt_ratio(r.proxy_sys_us / t.proxy_us)
                 ),
                 r.proxy_us <= 0.6 * t.proxy_us,
             ));
@@ -568,12 +590,12 @@ fn target_checks(
 /// Every run, one per line, for re-analysis.
 pub fn tsv(runs: &[Run], task_runs: &[TaskRun]) -> String {
     let mut s = String::from(
-        "kind\tround\trtt_ms\ttarget\ttest\tclients\tpipeline\trequests\tops\tp50_ms\tp99_ms\tredis_cpu_s\tproxy_cpu_s\twall_s\n",
+        "kind\tround\trtt_ms\ttarget\ttest\tclients\tpipeline\trequests\tops\tp50_ms\tp99_ms\tredis_cpu_s\tproxy_cpu_s\twall_s\tproxy_sys_s\tclient_cpu_s\n",
     );
     for r in runs {
         let _ = writeln!(
             s,
-            "bench\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.1}\t{}\t{}\t{:.3}\t{:.3}\t{:.3}",
+            "bench\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.1}\t{}\t{}\t{:.3}\t{:.3}\t{:.3}\t{:.3}\t{:.3}",
             r.round,
             r.rtt_ms,
             r.target,
@@ -586,7 +608,9 @@ pub fn tsv(runs: &[Run], task_runs: &[TaskRun]) -> String {
             r.m.p99_ms,
             r.redis_cpu,
             r.proxy_cpu,
-            r.wall
+            r.wall,
+            r.proxy_sys,
+            r.client_cpu
         );
     }
     for r in task_runs {
