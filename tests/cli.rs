@@ -546,22 +546,114 @@ fn stuck_client(port: u16) -> std::net::TcpStream {
     stuck
 }
 
-/// A client that sends 10,000 GETs of a 1 MiB value and never reads: other clients on the
-/// same upstream connection keep working and respipe's memory stays bounded (its in-flight
-/// cap lets about 1 MiB of the stuck client's replies out at a time, and the client is cut
-/// off at its output limit, though its writer is blocked on its full socket).
-///
-/// A stuck client is cut off within tens of milliseconds (32 MiB at memory speed), so to
-/// measure others *while* one is being served, a fresh stuck client arrives every 100 ms for
-/// the whole measurement. Runs alone and beside them alternate three times.
+/// Others' p99 (µs) alone, then while fresh never-reading clients keep arriving at `port`
+/// (respipe, or Redis itself), one every 100 ms for the whole measurement (a stuck client
+/// is cut off within tens of milliseconds, 32 MiB at memory speed). Returns (alone,
+/// beside, stuck clients, peak RSS of `pid` in MiB while they were about).
+fn alone_then_beside_stuck(port: u16, pid: u32) -> (u128, u128, usize, u64) {
+    let alone = others_p99(port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let cycler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut n, mut peak) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                let stuck = stuck_client(port);
+                n += 1;
+                let until = Instant::now() + Duration::from_millis(100);
+                while Instant::now() < until {
+                    peak = peak.max(rss_mib(pid));
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                drop(stuck);
+            }
+            (n, peak)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    let beside = others_p99(port);
+    stop.store(true, Ordering::Relaxed);
+    let (n, peak) = cycler.join().unwrap();
+    (alone, beside, n, peak)
+}
+
+/// The same never-reading clients against respipe and against Redis itself (with Redis's
+/// output-buffer limit for normal clients set to respipe's 32 MiB, so both cut a stuck
+/// client off at the same point), interleaved pair by pair: how much of the others' p99
+/// beside a stuck client is the proxy's doing, and how much is this machine's (the stuck
+/// client's 32 MiB burst takes the CPU the others run on). A measurement, not a CI check:
+/// `cargo test --release --test cli stuck_clients_respipe_vs_direct -- --ignored --nocapture`
+/// (`STUCK_PAIRS`, default 10).
 #[test]
-fn a_client_that_never_reads_costs_others_nothing() {
+#[ignore]
+fn stuck_clients_respipe_vs_direct() {
     let redis = RedisServer::start();
+    let mut c = redis.direct().get_connection().unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("client-output-buffer-limit")
+        .arg("normal 33554432 0 0")
+        .query(&mut c)
+        .unwrap();
     let (child, port) = start_proxy(
         &redis,
         &["--upstream-conns", "1", "--client-output-limit", "33554432"],
     );
     let pid = child.0.id();
+    set_big_value(&redis);
+    let pairs: usize = std::env::var("STUCK_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let (mut direct, mut proxied) = (Vec::new(), Vec::new());
+    let mut peak = 0;
+    for i in 0..pairs {
+        // Alternate which goes first, so drift within a pair hits both alike.
+        let order = if i % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for via_proxy in order {
+            let (a, b, n, p) = if via_proxy {
+                alone_then_beside_stuck(port, pid)
+            } else {
+                alone_then_beside_stuck(redis.port, pid)
+            };
+            eprintln!(
+                "{} pair {i}: others' p99 alone {a} µs, beside {b} µs ({:.2}x), {n} stuck clients",
+                if via_proxy { "respipe" } else { "direct " },
+                b as f64 / a as f64
+            );
+            let row = (a, b);
+            if via_proxy {
+                proxied.push(row);
+                peak = peak.max(p);
+            } else {
+                direct.push(row);
+            }
+        }
+    }
+    let summary = |rows: &[(u128, u128)]| {
+        let ratios: Vec<f64> = rows.iter().map(|(a, b)| *b as f64 / *a as f64).collect();
+        let alone: Vec<u128> = rows.iter().map(|r| r.0).collect();
+        let beside: Vec<u128> = rows.iter().map(|r| r.1).collect();
+        (median(&alone), median(&beside), median(&ratios))
+    };
+    let (da, db, dr) = summary(&direct);
+    let (pa, pb, pr) = summary(&proxied);
+    eprintln!(
+        "medians over {pairs} pairs: direct alone {da} µs, beside {db} µs, ratio {dr:.2}; \
+         respipe alone {pa} µs, beside {pb} µs, ratio {pr:.2}; respipe peak RSS {peak} MiB"
+    );
+    assert!(
+        pb < 100_000 && peak < 128,
+        "others stalled or memory unbounded"
+    );
+}
+
+/// Sets the 1 MiB value `big` directly on Redis.
+fn set_big_value(redis: &RedisServer) {
     let mut setter = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
     let value = vec![b'v'; 1 << 20];
     let mut cmd = format!("*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${}\r\n", value.len()).into_bytes();
@@ -570,33 +662,36 @@ fn a_client_that_never_reads_costs_others_nothing() {
     setter.write_all(&cmd).unwrap();
     let mut ok = [0u8; 5];
     setter.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+}
+
+fn median<T: Copy + PartialOrd>(v: &[T]) -> T {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    s[s.len() / 2]
+}
+
+/// A client that sends 10,000 GETs of a 1 MiB value and never reads: other clients on the
+/// same upstream connection keep working and respipe's memory stays bounded (its in-flight
+/// cap lets about 1 MiB of the stuck client's replies out at a time, and the client is cut
+/// off at its output limit, though its writer is blocked on its full socket). Runs alone
+/// and beside stuck clients alternate three times.
+#[test]
+fn a_client_that_never_reads_costs_others_nothing() {
+    let redis = RedisServer::start();
+    let (child, port) = start_proxy(
+        &redis,
+        &["--upstream-conns", "1", "--client-output-limit", "33554432"],
+    );
+    let pid = child.0.id();
+    set_big_value(&redis);
 
     let rss_before = rss_mib(pid);
     let (mut alone, mut beside, mut peak, mut arrivals) = (Vec::new(), Vec::new(), 0, 0);
     for _ in 0..3 {
-        alone.push(others_p99(port));
-        let stop = Arc::new(AtomicBool::new(false));
-        let cycler = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let (mut n, mut peak) = (0, 0);
-                while !stop.load(Ordering::Relaxed) {
-                    let stuck = stuck_client(port);
-                    n += 1;
-                    let until = Instant::now() + Duration::from_millis(100);
-                    while Instant::now() < until {
-                        peak = peak.max(rss_mib(pid));
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    drop(stuck);
-                }
-                (n, peak)
-            })
-        };
-        std::thread::sleep(Duration::from_millis(20));
-        beside.push(others_p99(port));
-        stop.store(true, Ordering::Relaxed);
-        let (n, p) = cycler.join().unwrap();
+        let (a, b, n, p) = alone_then_beside_stuck(port, pid);
+        alone.push(a);
+        beside.push(b);
         arrivals += n;
         peak = peak.max(p);
     }
@@ -605,12 +700,10 @@ fn a_client_that_never_reads_costs_others_nothing() {
         .zip(&beside)
         .map(|(a, b)| *b as f64 / *a as f64)
         .collect();
-    let mut sorted = ratios.clone();
-    sorted.sort_by(f64::total_cmp);
     eprintln!(
         "others' p99 alone {alone:?} µs, beside stuck clients {beside:?} µs (ratios {ratios:.2?}, \
          median {:.2}); {arrivals} stuck clients; respipe RSS {rss_before} MiB before, peak {peak} MiB",
-        sorted[1]
+        median(&ratios)
     );
     // The issue's target is 1.5x of the p99 alone; it is reported above, not asserted (this
     // shared 2-core machine's noise alone can exceed it). What is asserted: others are never
