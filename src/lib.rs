@@ -10,6 +10,7 @@ pub mod admin;
 pub mod batch;
 pub mod client;
 pub mod config;
+pub mod latch;
 pub mod resp;
 pub mod server;
 pub mod upstream;

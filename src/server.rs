@@ -14,6 +14,7 @@ use crate::client::listener::listen;
 use crate::client::session::SessionEnv;
 use crate::client::BoundAddr;
 use crate::config::Config;
+use crate::latch::Latch;
 use crate::upstream::{Router, UpstreamShared};
 
 /// A listen address could not be bound.
@@ -34,7 +35,7 @@ pub struct Running {
     pub router: Arc<Router>,
     /// Where `/metrics` is served, when it is.
     pub metrics_addr: Option<std::net::SocketAddr>,
-    shutdown: tokio::sync::watch::Sender<bool>,
+    shutdown: Arc<Latch>,
     active: Arc<AtomicUsize>,
     accept_loops: Vec<JoinHandle<()>>,
 }
@@ -45,7 +46,7 @@ impl Running {
     /// Returns the number of sessions still open (cut off) at the end.
     pub async fn shutdown(&self, drain: Duration) -> usize {
         self.stop();
-        let _ = self.shutdown.send(true);
+        self.shutdown.raise();
         let deadline = tokio::time::Instant::now() + drain;
         loop {
             let open = self.active.load(Ordering::Acquire);
@@ -83,10 +84,10 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         config.max_dedicated_conns,
         config.dedicated_wait,
     );
-    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    let shutdown = Arc::new(Latch::new());
     let active = Arc::new(AtomicUsize::new(0));
     let env = SessionEnv {
-        shutdown: shutdown_rx,
+        shutdown: shutdown.clone(),
         active: active.clone(),
         router: router.clone(),
         limits: Arc::new(config.limits.clone()),

@@ -7,7 +7,7 @@
 //! answers the rest with an error: no command is ever left without a reply.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, Notify};
 
 use crate::admin::{ErrorKind, Metrics};
+use crate::latch::{Latch, LatchWait};
 use crate::resp::error_reply;
 
 /// In-flight cap before any reply size is known.
@@ -53,16 +54,14 @@ pub struct ReplySink {
     awaiting: AtomicUsize,
     /// Reply bytes delivered but not yet written to the client.
     unwritten: AtomicUsize,
-    /// Set when `unwritten` passed the output limit: the session is closed.
-    overflowed: AtomicBool,
+    /// Raised when `unwritten` passed the output limit: the session is closed, even while
+    /// its writer is blocked on a client that does not read.
+    overflow: Latch,
     output_limit: usize,
     /// Wakes the session reader paused on `awaiting`.
     resumed: Notify,
     /// Wakes a session waiting for all its commands to be answered.
     drained: Notify,
-    /// Wakes the session when `overflowed` is set, even while its writer is blocked on a
-    /// client that does not read.
-    overflow: Notify,
     pause_at: usize,
     /// Reply bytes and replies delivered so far: their ratio sizes the in-flight cap.
     delivered_bytes: AtomicUsize,
@@ -100,11 +99,10 @@ impl ReplySink {
             tx,
             awaiting: AtomicUsize::new(0),
             unwritten: AtomicUsize::new(0),
-            overflowed: AtomicBool::new(false),
+            overflow: Latch::new(),
             output_limit,
             resumed: Notify::new(),
             drained: Notify::new(),
-            overflow: Notify::new(),
             pause_at: pause_at.max(1),
             delivered_bytes: AtomicUsize::new(0),
             delivered: AtomicUsize::new(0),
@@ -162,6 +160,10 @@ impl ReplySink {
 
     /// Waits until fewer than the pause threshold of commands await replies.
     pub async fn wait_for_room(&self) {
+        // The common case, without making (and dropping) a `Notified`.
+        if self.awaiting.load(Ordering::Acquire) < self.in_flight_cap() {
+            return;
+        }
         loop {
             let notified = self.resumed.notified();
             if self.awaiting.load(Ordering::Acquire) < self.in_flight_cap() {
@@ -251,19 +253,13 @@ impl ReplySink {
 
     /// True once the client exceeded its output limit and must be disconnected.
     pub fn overflowed(&self) -> bool {
-        self.overflowed.load(Ordering::Relaxed)
+        self.overflow.is_raised()
     }
 
     /// Resolves once the client exceeded its output limit. The session selects on this
     /// beside its writer: a writer blocked on a full client socket never gets to look.
-    pub async fn wait_overflowed(&self) {
-        loop {
-            let notified = self.overflow.notified();
-            if self.overflowed() {
-                return;
-            }
-            notified.await;
-        }
+    pub fn wait_overflowed(&self) -> LatchWait<'_> {
+        self.overflow.wait()
     }
 
     fn deliver(&self, first_seq: u64, count: u64, bytes: Bytes) {
@@ -289,8 +285,7 @@ impl ReplySink {
         let total = self.unwritten.fetch_add(len, Ordering::Relaxed) + len;
         if self.output_limit > 0 && total > self.output_limit {
             // Keep nothing more for a client that does not read; its writer closes it.
-            self.overflowed.store(true, Ordering::Relaxed);
-            self.overflow.notify_one();
+            self.overflow.raise();
             self.unwritten.fetch_sub(len, Ordering::Relaxed);
             let _ = self.tx.send(ReplyChunk {
                 bytes: Bytes::new(),

@@ -20,6 +20,7 @@ use super::writer::{output_limit_exceeded, write_replies};
 use crate::admin::{ErrorKind, Metrics};
 use crate::batch::slot::Timing;
 use crate::batch::{ReplySink, ReplySlot};
+use crate::latch::Latch;
 use crate::resp::command::{classify_sub, classify_with_id, CommandClass, Ctx};
 use crate::resp::encode::Proto;
 use crate::resp::request::{Request, RequestScanner};
@@ -80,8 +81,8 @@ pub struct SessionEnv {
     pub auth: Arc<ClientAuth>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Set when the proxy shuts down: sessions stop reading, answer what they owe, close.
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Raised when the proxy shuts down: sessions stop reading, answer what they owe, close.
+    pub shutdown: Arc<Latch>,
     /// Sessions open now (for `--max-clients` and the drain on shutdown).
     pub active: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -116,11 +117,14 @@ where
         // Stay pending: the writer decides when the session ends.
         std::future::pending::<()>().await
     };
+    // Biased: no random start (a thread-local RNG draw per wake-up); each branch ends the
+    // session, so their order only matters if two end it at once.
     let reason = tokio::select! {
-        _ = read => "closed",
+        biased;
         // A client that stopped reading may hold its writer in a write that never ends:
         // the limit must cut it off all the same, or its commands keep costing Redis.
         _ = sink.wait_overflowed() => output_limit_exceeded(&sink),
+        _ = read => "closed",
         r = write_replies(wr, rx, &sink, end_rx) => match r {
             Ok(reason) => reason,
             Err(e) => {
@@ -171,7 +175,7 @@ pub(crate) struct Session {
     /// A dedicated connection, while the session holds connection state.
     pub(crate) leased: Option<Leased>,
     pub(crate) syncs: u64,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: Arc<Latch>,
     /// Read times of the commands framed from the current read (metrics).
     timings: Vec<Timing>,
     read_at: Option<Instant>,
@@ -224,14 +228,17 @@ impl Session {
 
     async fn run<R: AsyncRead + Unpin>(&mut self, mut rd: R) {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        let mut shutdown = self.shutdown.clone();
+        let shutdown = self.shutdown.clone();
+        // Made once: polled beside every read, it must cost next to nothing.
+        let mut stopping = shutdown.wait();
         loop {
             self.sink.wait_for_room().await;
             self.reserve(&mut buf);
             let read = tokio::select! {
-                r = rd.read_buf(&mut buf) => r,
+                biased;
                 // Shutting down: read nothing more; the writer still answers what is owed.
-                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = &mut stopping => return,
+                r = rd.read_buf(&mut buf) => r,
             };
             match read {
                 Ok(0) => return,

@@ -35,6 +35,8 @@ pub async fn write_replies<W: AsyncWrite + Unpin>(
             return Ok("client closed");
         }
         let first = tokio::select! {
+            // Replies first; the reader's end only matters once they stop coming.
+            biased;
             c = rx.recv() => match c {
                 Some(c) => c,
                 None => return Ok("closed"),
