@@ -4,6 +4,10 @@
 //! (`command_table.rs`, by `scripts/gen-command-table`). A command not in it (a module's,
 //! or one newer than the table) is stateless and shared.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::OnceLock;
+
 use super::command_table::TABLE;
 
 /// How the proxy treats a command.
@@ -96,9 +100,51 @@ fn lookup(name: &[u8], sub: Option<&[u8]>) -> (CommandClass, Option<usize>) {
     }
     let key = &mut key[..len];
     key.make_ascii_lowercase();
-    match TABLE.binary_search_by(|(n, _)| n.as_bytes().cmp(key)) {
-        Ok(i) => (TABLE[i].1, Some(i)),
-        Err(_) => (CommandClass::Shared, None),
+    match index().get(&*key) {
+        Some(&i) => (TABLE[i as usize].1, Some(i as usize)),
+        None => (CommandClass::Shared, None),
+    }
+}
+
+/// Table position by name, built on first use. Every command is looked up, and a binary
+/// search over ~380 names costs ~9 string comparisons; a hash of the short name and one
+/// comparison cost a third of that (callgrind, per command). Clients only look names up, and
+/// the table is fixed, so a simple unkeyed hash is safe here.
+fn index() -> &'static HashMap<&'static [u8], u16, BuildHasherDefault<NameHasher>> {
+    static INDEX: OnceLock<HashMap<&'static [u8], u16, BuildHasherDefault<NameHasher>>> =
+        OnceLock::new();
+    INDEX.get_or_init(|| {
+        TABLE
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| (name.as_bytes(), i as u16))
+            .collect()
+    })
+}
+
+/// FNV-1a: a few instructions per byte for names of a few bytes.
+struct NameHasher(u64);
+
+impl Default for NameHasher {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        // The length prefix `[u8]`'s Hash writes: one step, not eight.
+        self.0 = (self.0 ^ n as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
