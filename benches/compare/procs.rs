@@ -31,10 +31,7 @@ impl Server {
 
     /// CPU seconds so far, user and kernel apart.
     pub fn cpu(&self) -> Cpu {
-        cpu_split(self.pid()).unwrap_or(Cpu {
-            user: f64::NAN,
-            sys: f64::NAN,
-        })
+        cpu_split(self.pid()).unwrap_or(Cpu::UNKNOWN)
     }
 
     /// (current, peak) resident set size in bytes, from /proc/<pid>/status.
@@ -78,6 +75,12 @@ pub struct Cpu {
 }
 
 impl Cpu {
+    /// When the figure could not be read: shows as "–" in the tables.
+    pub const UNKNOWN: Cpu = Cpu {
+        user: f64::NAN,
+        sys: f64::NAN,
+    };
+
     pub fn total(self) -> f64 {
         self.user + self.sys
     }
@@ -112,10 +115,7 @@ pub fn children_cpu() -> Cpu {
     // SAFETY: getrusage fills a local struct.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) } != 0 {
-        return Cpu {
-            user: f64::NAN,
-            sys: f64::NAN,
-        };
+        return Cpu::UNKNOWN;
     }
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Cpu {
@@ -137,36 +137,27 @@ pub fn rss(pid: u32) -> Option<(u64, u64)> {
 
 /// Sends PING until the server answers +PONG (10 s at most).
 pub fn wait_ping(port: u16, name: &str) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if ping(port).is_ok() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "{name} on port {port} did not answer PING within 10 s"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_pong(&format!("{name} on port {port}"), || ping(port))
 }
 
-/// Sends PING on a unix socket until the server answers +PONG (10 s at most).
+/// The same on a unix socket.
 pub fn wait_ping_unix(path: &Path, name: &str) -> Result<(), String> {
+    wait_pong(&format!("{name} on {}", path.display()), || {
+        let mut s = std::os::unix::net::UnixStream::connect(path)?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        pong(&mut s)
+    })
+}
+
+/// Retries `ping` every 50 ms for up to 10 s.
+fn wait_pong(what: &str, ping: impl Fn() -> std::io::Result<()>) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let answered = std::os::unix::net::UnixStream::connect(path).and_then(|mut s| {
-            s.set_read_timeout(Some(Duration::from_secs(1)))?;
-            pong(&mut s)
-        });
-        if answered.is_ok() {
+        if ping().is_ok() {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "{name} on {} did not answer PING within 10 s",
-                path.display()
-            ));
+            return Err(format!("{what} did not answer PING within 10 s"));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
