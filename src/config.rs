@@ -33,6 +33,9 @@ pub mod defaults {
     pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
     /// Unwritten reply bytes per client before it is disconnected.
     pub const CLIENT_OUTPUT_LIMIT: usize = 1 << 30;
+    /// How long a client whose commands are held back (it does not read its replies) may
+    /// write nothing before it is disconnected, in milliseconds.
+    pub const CLIENT_STALL_TIMEOUT_MS: u64 = 60_000;
     /// Upstream connect + handshake timeout in milliseconds.
     pub const CONNECT_TIMEOUT_MS: u64 = 3000;
     /// Worker threads: one, see `main.rs`.
@@ -105,6 +108,10 @@ pub struct Args {
     #[arg(long, env = "RESPIPE_CLIENT_OUTPUT_LIMIT")]
     pub client_output_limit: Option<usize>,
 
+    /// Disconnect a client whose commands wait for it to read its replies once it has neither read nor sent anything for this many ms (0: never) [default: 60000]
+    #[arg(long, env = "RESPIPE_CLIENT_STALL_TIMEOUT_MS")]
+    pub client_stall_timeout_ms: Option<u64>,
+
     /// Refuse clients beyond this many with Redis's "max number of clients reached" [default: 10000]
     #[arg(long, env = "RESPIPE_MAX_CLIENTS")]
     pub max_clients: Option<usize>,
@@ -171,6 +178,7 @@ struct FileConfig {
     max_batch_bytes: Option<usize>,
     metrics: Option<String>,
     client_output_limit: Option<usize>,
+    client_stall_timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
     upstream_timeout_ms: Option<u64>,
     max_clients: Option<usize>,
@@ -339,6 +347,14 @@ impl Config {
                 .client_output_limit
                 .or(file.client_output_limit)
                 .unwrap_or(defaults::CLIENT_OUTPUT_LIMIT),
+            stall_timeout: match args
+                .client_stall_timeout_ms
+                .or(file.client_stall_timeout_ms)
+                .unwrap_or(defaults::CLIENT_STALL_TIMEOUT_MS)
+            {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
             // A session hands over at most one batch's worth at a time.
             max_run_commands: max_batch,
             max_run_bytes: max_batch_bytes,

@@ -583,21 +583,22 @@ fn alone_then_beside_stuck(port: u16, pid: u32) -> (u128, u128, usize, u64) {
 /// beside a stuck client is the proxy's doing, and how much is this machine's (the stuck
 /// client's 32 MiB burst takes the CPU the others run on). A measurement, not a CI check:
 /// `cargo test --release --test cli stuck_clients_respipe_vs_direct -- --ignored --nocapture`
-/// (`STUCK_PAIRS`, default 10).
+/// (`STUCK_PAIRS`, default 10; `STUCK_LIMIT`, both output limits in bytes, default 32 MiB).
 #[test]
 #[ignore]
 fn stuck_clients_respipe_vs_direct() {
     let redis = RedisServer::start();
+    let limit = std::env::var("STUCK_LIMIT").unwrap_or_else(|_| "33554432".into());
     let mut c = redis.direct().get_connection().unwrap();
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("client-output-buffer-limit")
-        .arg("normal 33554432 0 0")
+        .arg(format!("normal {limit} 0 0"))
         .query(&mut c)
         .unwrap();
     let (child, port) = start_proxy(
         &redis,
-        &["--upstream-conns", "1", "--client-output-limit", "33554432"],
+        &["--upstream-conns", "1", "--client-output-limit", &limit],
     );
     let pid = child.0.id();
     set_big_value(&redis);
@@ -652,6 +653,16 @@ fn stuck_clients_respipe_vs_direct() {
     );
 }
 
+/// Redis's `total_net_output_bytes`.
+fn redis_output_bytes(redis: &RedisServer) -> u64 {
+    let mut c = redis.direct().get_connection().unwrap();
+    let info: String = redis::cmd("INFO").arg("stats").query(&mut c).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
 /// Sets the 1 MiB value `big` directly on Redis.
 fn set_big_value(redis: &RedisServer) {
     let mut setter = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
@@ -673,15 +684,23 @@ fn median<T: Copy + PartialOrd>(v: &[T]) -> T {
 
 /// A client that sends 10,000 GETs of a 1 MiB value and never reads: other clients on the
 /// same upstream connection keep working and respipe's memory stays bounded (its in-flight
-/// cap lets about 1 MiB of the stuck client's replies out at a time, and the client is cut
-/// off at its output limit, though its writer is blocked on its full socket). Runs alone
-/// and beside stuck clients alternate three times.
+/// cap lets about 1 MiB of the stuck client's replies out at a time, and its commands are
+/// held back once 1 MiB of its replies is unwritten); it is cut off when it has read
+/// nothing for the stall timeout, though its writer is blocked on its full socket. Runs
+/// alone and beside stuck clients alternate three times.
 #[test]
 fn a_client_that_never_reads_costs_others_nothing() {
     let redis = RedisServer::start();
     let (child, port) = start_proxy(
         &redis,
-        &["--upstream-conns", "1", "--client-output-limit", "33554432"],
+        &[
+            "--upstream-conns",
+            "1",
+            "--client-output-limit",
+            "33554432",
+            "--client-stall-timeout-ms",
+            "1000",
+        ],
     );
     let pid = child.0.id();
     set_big_value(&redis);
@@ -716,10 +735,19 @@ fn a_client_that_never_reads_costs_others_nothing() {
     }
     assert!(peak < 128, "respipe RSS peaked at {peak} MiB");
 
-    // One stuck client is cut off, even though its writer is blocked on a full socket (the
-    // limit is 32 MiB; what the kernel buffered before the close may still arrive).
+    // One stuck client costs Redis far less than its 32 MiB output limit (what was fetched
+    // for it: up to 1 MiB unwritten, 1 MiB in flight, and what the kernel buffers for its
+    // socket), and is cut off after the 1 s stall timeout, though its writer is blocked on
+    // a full socket.
+    let sent_before = redis_output_bytes(&redis);
     let mut stuck = stuck_client(port);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(2000));
+    let fetched = redis_output_bytes(&redis) - sent_before;
+    eprintln!("Redis sent {fetched} bytes for the stuck client");
+    assert!(
+        fetched < 24 << 20,
+        "{fetched} bytes fetched for a stuck client"
+    );
     stuck
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();

@@ -233,7 +233,7 @@ async fn http_request_lines_are_dropped() {
 
 /// A client that pipelines GETs of a 1 MiB value and never reads does not stall the
 /// shared upstream reader: another client on the same upstream connection keeps getting
-/// answers, and the stuck client is disconnected at its output limit.
+/// answers, and the stuck client is disconnected at the stall timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_stalls_nobody() {
     let redis = RedisServer::start();
@@ -241,6 +241,7 @@ async fn a_client_that_never_reads_stalls_nobody() {
     let proxy = Proxy::start_with(&redis, |a| {
         a.upstream_conns = Some(1);
         a.client_output_limit = Some(16 << 20);
+        a.client_stall_timeout_ms = Some(500);
     })
     .await;
     let mut good = proxy.conn().await;
@@ -261,7 +262,9 @@ async fn a_client_that_never_reads_stalls_nobody() {
         "took {:?}",
         started.elapsed()
     );
-    // The stuck client was cut off at its limit rather than buffered without bound.
+    // The stuck client was cut off rather than kept waiting without end (reading sooner
+    // would make it a slow client, whose commands resume as it reads).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut closed = false;
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -276,10 +279,97 @@ async fn a_client_that_never_reads_stalls_nobody() {
             Err(_) => break,
         }
     }
-    assert!(
-        closed,
-        "a client over its output limit should be disconnected"
-    );
+    assert!(closed, "a client that reads nothing should be disconnected");
+}
+
+/// A client that reads its large replies slowly is held back, not cut off: 24 MiB of
+/// replies through an 8 MiB output limit arrive whole and in order, and the connection
+/// stays usable (Redis itself, buffering them all, would cut it off at the limit). The
+/// limit leaves room for the 4 replies of unknown size let out before the first returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_of_large_replies_gets_them_all() {
+    use tokio::io::AsyncReadExt;
+    let redis = RedisServer::start();
+    let proxy = Proxy::start_with(&redis, |a| {
+        a.client_output_limit = Some(8 << 20);
+        a.client_stall_timeout_ms = Some(2000);
+    })
+    .await;
+    let mut setter = proxy.conn().await;
+    let value: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let _: () = setter.set("big", &value).await.unwrap();
+    let mut slow = proxy.raw().await;
+    let n = 24;
+    slow.send(&b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(n))
+        .await;
+    let mut one = format!("${}\r\n", value.len()).into_bytes();
+    one.extend_from_slice(&value);
+    one.extend_from_slice(b"\r\n");
+    let want = one.repeat(n);
+    // About 50 MB/s: far slower than the proxy can fetch.
+    let mut got = Vec::with_capacity(want.len());
+    let mut chunk = vec![0u8; 256 << 10];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < want.len() {
+        assert!(Instant::now() < deadline, "only {} bytes", got.len());
+        let k = tokio::time::timeout(Duration::from_secs(10), slow.stream.read(&mut chunk))
+            .await
+            .expect("reply stalled")
+            .expect("read");
+        assert!(
+            k > 0,
+            "disconnected after {} of {} bytes",
+            got.len(),
+            want.len()
+        );
+        got.extend_from_slice(&chunk[..k]);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(got == want, "replies differ from 24 copies of the value");
+    slow.send(b"PING\r\n").await;
+    assert_eq!(slow.reply_text().await, "+PONG\r\n");
+}
+
+/// A client that writes a whole pipeline (22 MB, more than the kernel buffers between it
+/// and the proxy) before reading any reply is not deadlocked by its held-back commands:
+/// the proxy keeps reading its input while it waits for the client to read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_written_before_reading_completes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = RedisServer::start();
+    let proxy = Proxy::start_with(&redis, |a| a.client_stall_timeout_ms = Some(1000)).await;
+    let mut setter = proxy.conn().await;
+    let _: () = setter.set("k", "0123456789").await.unwrap();
+    let n = 1_000_000;
+    let (mut rd, mut wr) = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .unwrap()
+        .into_split();
+    let pipeline = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n".repeat(n);
+    tokio::time::timeout(Duration::from_secs(60), wr.write_all(&pipeline))
+        .await
+        .expect("the proxy stopped reading the pipeline")
+        .unwrap();
+    let one = b"$10\r\n0123456789\r\n";
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    while got < one.len() * n {
+        let k = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf))
+            .await
+            .expect("replies stalled")
+            .unwrap();
+        assert!(k > 0, "disconnected after {got} bytes");
+        let at = got % one.len();
+        for (i, b) in buf[..k].iter().enumerate() {
+            assert_eq!(
+                *b,
+                one[(at + i) % one.len()],
+                "reply bytes out of step at {got}"
+            );
+        }
+        got += k;
+    }
+    assert_eq!(got, one.len() * n);
 }
 
 /// A stalled upstream (here: Redis paused with CLIENT PAUSE) does not hang clients past

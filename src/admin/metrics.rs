@@ -31,15 +31,18 @@ pub enum ErrorKind {
     PoolExhausted,
     /// A failed login or a command refused before login.
     Auth,
+    /// A client disconnected for leaving its replies unread past the stall timeout.
+    ClientStalled,
 }
 
-const ERROR_KINDS: [&str; 6] = [
+const ERROR_KINDS: [&str; 7] = [
     "protocol",
     "upstream_lost",
     "upstream_unavailable",
     "output_limit",
     "pool_exhausted",
     "auth",
+    "client_stalled",
 ];
 
 /// Seconds: 10 µs to ~1.3 s, ×√2 steps below 1 ms then ×2.

@@ -7,7 +7,7 @@
 //! answers the rest with an error: no command is ever left without a reply.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -24,6 +24,10 @@ const START_CAP: usize = 4;
 const MIN_CAP: usize = 1;
 /// Reply bytes a client may have in flight, estimated from its mean reply size.
 const IN_FLIGHT_BUDGET: usize = 1 << 20;
+/// Unwritten reply bytes at which a session stops sending its client's commands upstream
+/// (at most half the output limit): a client that does not read costs Redis and the proxy
+/// this much, not its whole output limit.
+pub const OUTPUT_PAUSE: usize = 1 << 20;
 
 /// `first_seq` of an out-of-band chunk (a RESP3 push, e.g. a client-side caching
 /// invalidation): written as soon as it arrives, between two replies.
@@ -54,11 +58,18 @@ pub struct ReplySink {
     awaiting: AtomicUsize,
     /// Reply bytes delivered but not yet written to the client.
     unwritten: AtomicUsize,
-    /// Raised when `unwritten` passed the output limit: the session is closed, even while
-    /// its writer is blocked on a client that does not read.
-    overflow: Latch,
+    /// Writes to the client so far: a backlogged client that makes none is stalled.
+    writes: AtomicU64,
+    /// Raised when the client is to be disconnected (past the output limit, or stalled):
+    /// the session is closed, even while its writer is blocked on a client that does not
+    /// read.
+    cut: Latch,
+    /// Why `cut` was raised (a [`CutOff`]).
+    cut_reason: AtomicU8,
     output_limit: usize,
-    /// Wakes the session reader paused on `awaiting`.
+    /// `unwritten` at or above this holds the client's commands back.
+    pause_bytes: usize,
+    /// Wakes the session reader paused on `awaiting` or `unwritten`.
     resumed: Notify,
     /// Wakes a session waiting for all its commands to be answered.
     drained: Notify,
@@ -70,6 +81,15 @@ pub struct ReplySink {
     /// When each command in flight was read, for its latency histogram: pushed by the
     /// reader once per read, drained by the writer once per write (never per command).
     timings: Mutex<VecDeque<Timing>>,
+}
+
+/// Why a client is disconnected by the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutOff {
+    /// Its unwritten replies passed the output limit.
+    OutputLimit = 0,
+    /// It left its replies unread, with commands held back, for the stall timeout.
+    Stalled = 1,
 }
 
 /// When a command's last byte was read, and which command it was.
@@ -88,7 +108,8 @@ impl ReplySink {
     ///
     /// `pause_at`: the session stops reading new commands while this many await replies.
     /// `output_limit`: unwritten reply bytes past which the client is disconnected
-    /// (0 = unlimited), so a client that never reads cannot hold unbounded memory.
+    /// (0 = unlimited), so a client that never reads cannot hold unbounded memory. Its
+    /// commands are held back from [`OUTPUT_PAUSE`] (or half the limit) unwritten bytes.
     pub fn new(
         pause_at: usize,
         output_limit: usize,
@@ -99,8 +120,14 @@ impl ReplySink {
             tx,
             awaiting: AtomicUsize::new(0),
             unwritten: AtomicUsize::new(0),
-            overflow: Latch::new(),
+            writes: AtomicU64::new(0),
+            cut: Latch::new(),
+            cut_reason: AtomicU8::new(CutOff::OutputLimit as u8),
             output_limit,
+            pause_bytes: match output_limit {
+                0 => OUTPUT_PAUSE,
+                l => OUTPUT_PAUSE.min(l / 2).max(1),
+            },
             resumed: Notify::new(),
             drained: Notify::new(),
             pause_at: pause_at.max(1),
@@ -158,19 +185,29 @@ impl ReplySink {
         self.awaiting.fetch_add(count as usize, Ordering::Relaxed);
     }
 
-    /// Waits until fewer than the pause threshold of commands await replies.
-    pub async fn wait_for_room(&self) {
-        // The common case, without making (and dropping) a `Notified`.
-        if self.awaiting.load(Ordering::Acquire) < self.in_flight_cap() {
-            return;
-        }
-        loop {
-            let notified = self.resumed.notified();
-            if self.awaiting.load(Ordering::Acquire) < self.in_flight_cap() {
-                return;
-            }
-            notified.await;
-        }
+    /// Whether the session may send another command upstream: fewer than its in-flight
+    /// cap await replies, and its client is not behind on reading (see [`Self::backlogged`]).
+    pub fn has_room(&self) -> bool {
+        self.awaiting.load(Ordering::Acquire) < self.in_flight_cap() && !self.backlogged()
+    }
+
+    /// Whether the client has so many replies unwritten that its further commands are held
+    /// back until it reads: sending them would only pile their replies up here (or, for a
+    /// client that never reads, fetch its whole output limit from Redis before cutting it
+    /// off, at the cost of everyone else's latency).
+    pub fn backlogged(&self) -> bool {
+        self.unwritten.load(Ordering::Acquire) >= self.pause_bytes
+    }
+
+    /// Resolves when a reply was delivered or the client caught up on reading since the
+    /// last call (possibly at once): a held-back session looks at [`Self::has_room`] again.
+    pub async fn changed(&self) {
+        self.resumed.notified().await;
+    }
+
+    /// Writes to the client so far (to tell a stalled client from a slow one).
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Acquire)
     }
 
     /// Mean size of the replies delivered so far (0 before any).
@@ -248,18 +285,40 @@ impl ReplySink {
 
     /// Marks `bytes` as written to the client.
     pub fn written(&self, bytes: usize) {
-        self.unwritten.fetch_sub(bytes, Ordering::Relaxed);
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let before = self.unwritten.fetch_sub(bytes, Ordering::AcqRel);
+        if before >= self.pause_bytes && before - bytes < self.pause_bytes {
+            // The client caught up: its held-back commands may go.
+            self.resumed.notify_one();
+        }
     }
 
-    /// True once the client exceeded its output limit and must be disconnected.
-    pub fn overflowed(&self) -> bool {
-        self.overflow.is_raised()
+    /// True once the client is to be disconnected.
+    pub fn is_cut_off(&self) -> bool {
+        self.cut.is_raised()
     }
 
-    /// Resolves once the client exceeded its output limit. The session selects on this
-    /// beside its writer: a writer blocked on a full client socket never gets to look.
-    pub fn wait_overflowed(&self) -> LatchWait<'_> {
-        self.overflow.wait()
+    /// Why the client is disconnected (meaningful once [`Self::is_cut_off`]).
+    pub fn cut_reason(&self) -> CutOff {
+        match self.cut_reason.load(Ordering::Acquire) {
+            0 => CutOff::OutputLimit,
+            _ => CutOff::Stalled,
+        }
+    }
+
+    /// Disconnects a client that left its replies unread for too long.
+    pub fn cut_off_stalled(&self) {
+        if !self.cut.is_raised() {
+            self.cut_reason
+                .store(CutOff::Stalled as u8, Ordering::Release);
+        }
+        self.cut.raise();
+    }
+
+    /// Resolves once the client is to be disconnected. The session selects on this beside
+    /// its writer: a writer blocked on a full client socket never gets to look.
+    pub fn wait_cut_off(&self) -> LatchWait<'_> {
+        self.cut.wait()
     }
 
     fn deliver(&self, first_seq: u64, count: u64, bytes: Bytes) {
@@ -285,7 +344,7 @@ impl ReplySink {
         let total = self.unwritten.fetch_add(len, Ordering::Relaxed) + len;
         if self.output_limit > 0 && total > self.output_limit {
             // Keep nothing more for a client that does not read; its writer closes it.
-            self.overflow.raise();
+            self.cut.raise();
             self.unwritten.fetch_sub(len, Ordering::Relaxed);
             let _ = self.tx.send(ReplyChunk {
                 bytes: Bytes::new(),
@@ -434,13 +493,49 @@ mod tests {
         assert_eq!(sink.awaiting.load(Ordering::Relaxed), 0);
     }
 
+    #[tokio::test]
+    async fn unread_replies_hold_commands_back_until_written() {
+        let (sink, _rx) = ReplySink::new(1000, 0, Metrics::new(false));
+        let mut slot = ReplySlot::new(sink.clone(), 0, 4);
+        assert!(!sink.has_room(), "4 in flight before any reply is sized");
+        slot.complete(3, Bytes::from_static(b"+OK\r\n+OK\r\n+OK\r\n"));
+        assert!(sink.has_room() && !sink.backlogged());
+        slot.complete(1, Bytes::from(vec![b'x'; OUTPUT_PAUSE - 15]));
+        assert_eq!(sink.awaiting(), 0);
+        assert!(sink.backlogged() && !sink.has_room());
+        // Writing the backlog out wakes the held-back session and lets it go on.
+        let waiter = {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                while !sink.has_room() {
+                    sink.changed().await;
+                }
+            })
+        };
+        sink.written(OUTPUT_PAUSE);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("joined");
+        assert_eq!(sink.writes(), 1);
+    }
+
+    #[test]
+    fn backlog_threshold_is_at_most_half_the_output_limit() {
+        let (sink, _rx) = ReplySink::new(10, 1000, Metrics::new(false));
+        assert_eq!(sink.pause_bytes, 500);
+        let (sink, _rx) = ReplySink::new(10, 0, Metrics::new(false));
+        assert_eq!(sink.pause_bytes, OUTPUT_PAUSE);
+    }
+
     #[test]
     fn output_limit_drops_bytes_and_flags() {
         let (sink, mut rx) = ReplySink::new(10, 8, Metrics::new(false));
         let mut slot = ReplySlot::new(sink.clone(), 0, 2);
         slot.complete(1, Bytes::from_static(b"+OK\r\n"));
         slot.complete(1, Bytes::from_static(b"+OK\r\n"));
-        assert!(sink.overflowed());
+        assert!(sink.is_cut_off());
+        assert_eq!(sink.cut_reason(), CutOff::OutputLimit);
         assert_eq!(rx.try_recv().unwrap().bytes.len(), 5);
         assert_eq!(rx.try_recv().unwrap().bytes.len(), 0);
     }

@@ -7,7 +7,7 @@
 //! onto a leased dedicated connection (`modes.rs`).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::auth::{ClientAuth, NOAUTH};
 use super::modes::Leased;
-use super::writer::{output_limit_exceeded, write_replies};
+use super::writer::{cut_off, write_replies};
 use crate::admin::{ErrorKind, Metrics};
 use crate::batch::slot::Timing;
 use crate::batch::{ReplySink, ReplySlot};
@@ -35,6 +35,9 @@ pub struct SessionLimits {
     pub max_awaiting: usize,
     /// Disconnect a client whose unwritten replies exceed this many bytes (0: no limit).
     pub output_limit: usize,
+    /// Disconnect a client whose commands are held back because it does not read its
+    /// replies, once it has neither read nor sent anything for this long (None: never).
+    pub stall_timeout: Option<Duration>,
     /// Most commands in one run handed to the router.
     pub max_run_commands: usize,
     /// Most bytes in one run handed to the router.
@@ -51,6 +54,7 @@ impl Default for SessionLimits {
         Self {
             max_awaiting: 64 * 1024,
             output_limit: 1 << 30,
+            stall_timeout: Some(Duration::from_secs(60)),
             max_run_commands: 1024,
             max_run_bytes: 1 << 20,
             query_limit: 1 << 30,
@@ -123,7 +127,7 @@ where
         biased;
         // A client that stopped reading may hold its writer in a write that never ends:
         // the limit must cut it off all the same, or its commands keep costing Redis.
-        _ = sink.wait_overflowed() => output_limit_exceeded(&sink),
+        _ = sink.wait_cut_off() => cut_off(&sink),
         _ = read => "closed",
         r = write_replies(wr, rx, &sink, end_rx) => match r {
             Ok(reason) => reason,
@@ -141,6 +145,8 @@ where
 /// What to do after a command.
 pub(crate) enum Flow {
     Continue,
+    /// Commands are left in the read buffer until the session has room to send them.
+    Held,
     Close,
 }
 
@@ -195,6 +201,48 @@ struct Run {
     bytes: usize,
 }
 
+/// Times how long a backlogged client, its commands held back, neither reads a reply nor
+/// sends anything.
+#[derive(Default)]
+struct StallClock {
+    /// When the current wait started, and the client's write count then.
+    since: Option<(Instant, u64)>,
+}
+
+impl StallClock {
+    /// When the client counts as stalled, if it is backlogged and a timeout is set.
+    fn deadline(&mut self, sink: &ReplySink, timeout: Option<Duration>) -> Option<Instant> {
+        let timeout = timeout?;
+        if !sink.backlogged() {
+            self.since = None;
+            return None;
+        }
+        let (at, _) = *self
+            .since
+            .get_or_insert_with(|| (Instant::now(), sink.writes()));
+        Some(at + timeout)
+    }
+
+    /// At the deadline: true if the client wrote nothing since the clock started (and is
+    /// still backlogged); otherwise the clock starts again.
+    fn expired(&mut self, sink: &ReplySink) -> bool {
+        match self.since {
+            Some((_, writes)) if writes == sink.writes() && sink.backlogged() => true,
+            _ => {
+                self.since = None;
+                false
+            }
+        }
+    }
+}
+
+/// Sleeps until `at` (the caller disables the branch when there is none).
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
 impl Session {
     fn new(env: SessionEnv, sink: Arc<ReplySink>, peer: Peer) -> Self {
         Self {
@@ -231,27 +279,71 @@ impl Session {
         let shutdown = self.shutdown.clone();
         // Made once: polled beside every read, it must cost next to nothing.
         let mut stopping = shutdown.wait();
+        // Whether framed commands wait in `buf` for room to send them.
+        let mut held = false;
+        let mut eof = false;
+        let mut stall = StallClock::default();
         loop {
-            self.sink.wait_for_room().await;
-            self.reserve(&mut buf);
-            let read = tokio::select! {
-                biased;
-                // Shutting down: read nothing more; the writer still answers what is owed.
-                _ = &mut stopping => return,
-                r = rd.read_buf(&mut buf) => r,
-            };
-            match read {
-                Ok(0) => return,
-                Ok(_) => {
-                    self.read_at = self.sink.metrics().enabled().then(Instant::now);
+            if held && self.sink.has_room() {
+                held = false;
+            } else if held {
+                // Keep reading the client meanwhile (up to the query limit): a client that
+                // writes its whole pipeline before reading a reply must not deadlock with
+                // a proxy waiting for it to read.
+                let deadline = stall.deadline(&self.sink, self.limits.stall_timeout);
+                self.reserve(&mut buf);
+                tokio::select! {
+                    biased;
+                    _ = &mut stopping => return,
+                    // A reply came back or was written: look again.
+                    _ = self.sink.changed() => continue,
+                    _ = sleep_until(deadline), if deadline.is_some() => {
+                        if stall.expired(&self.sink) {
+                            info!(client = self.peer.id, "client left its replies unread past the stall timeout");
+                            self.sink.cut_off_stalled();
+                            return;
+                        }
+                        continue;
+                    }
+                    r = rd.read_buf(&mut buf), if !eof => match r {
+                        Ok(0) => eof = true,
+                        // A client still sending is not stalled: it may read once done.
+                        Ok(_) => stall = StallClock::default(),
+                        Err(e) => {
+                            debug!(client = self.peer.id, error = %e, "client read failed");
+                            return;
+                        }
+                    },
                 }
-                Err(e) => {
-                    debug!(client = self.peer.id, error = %e, "client read failed");
+            } else {
+                if eof {
                     return;
                 }
+                self.reserve(&mut buf);
+                let read = tokio::select! {
+                    biased;
+                    // Shutting down: read nothing more; the writer still answers what is owed.
+                    _ = &mut stopping => return,
+                    r = rd.read_buf(&mut buf) => r,
+                };
+                match read {
+                    Ok(0) => return,
+                    Ok(_) => {
+                        self.read_at = self.sink.metrics().enabled().then(Instant::now);
+                    }
+                    Err(e) => {
+                        debug!(client = self.peer.id, error = %e, "client read failed");
+                        return;
+                    }
+                }
             }
-            if let Flow::Close = self.process(&mut buf, &mut rd).await {
-                return;
+            if !held {
+                stall = StallClock::default();
+                match self.process(&mut buf, &mut rd).await {
+                    Flow::Close => return,
+                    Flow::Held => held = true,
+                    Flow::Continue => {}
+                }
             }
             if buf.len() > self.limits.query_limit {
                 warn!(
@@ -289,7 +381,12 @@ impl Session {
     async fn process<R: AsyncRead + Unpin>(&mut self, buf: &mut BytesMut, rd: &mut R) -> Flow {
         self.place().await;
         let mut run = Run::default();
-        let mut cap = self.sink.in_flight_cap();
+        // A client behind on reading its replies sends nothing more for now.
+        let cap = if self.sink.backlogged() {
+            0
+        } else {
+            self.sink.in_flight_cap()
+        };
         loop {
             if self.leased.as_ref().is_some_and(Leased::is_broken) {
                 // Redis dropped the dedicated connection and its state: close, as a
@@ -316,14 +413,12 @@ impl Session {
                     let (class, id) = classify_with_id(&frame[name.clone()]);
                     let fast = class == CommandClass::Shared && self.fast_path();
                     if fast && self.sink.awaiting() + run.commands >= cap {
-                        // Enough of this client's replies are outstanding: let some come
-                        // back before sending more (see ReplySink::in_flight_cap). The
-                        // command is framed again afterwards.
+                        // Enough of this client's replies are outstanding or unread: let
+                        // some come back or be read before sending more (see
+                        // ReplySink::has_room). The command is framed again then.
                         self.flush_run(buf, &mut run).await;
-                        self.sink.wait_for_room().await;
-                        self.place().await;
-                        cap = self.sink.in_flight_cap();
-                        continue;
+                        self.sink.commands_read(&mut self.timings);
+                        return Flow::Held;
                     }
                     self.timed(self.seq + run.commands as u64, id);
                     if fast {

@@ -12,12 +12,12 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
 use crate::admin::ErrorKind;
-use crate::batch::slot::OUT_OF_BAND;
+use crate::batch::slot::{CutOff, OUT_OF_BAND};
 use crate::batch::{ReplyChunk, ReplySink, WriteBuffer};
 
 /// Writes replies in sequence order. Returns (with the reason, for the log) when the
 /// reader has finished and every reply it is owed was written, after a closing reply, or
-/// when the client exceeded its output limit.
+/// when the client is cut off (output limit, stall).
 pub async fn write_replies<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::UnboundedReceiver<ReplyChunk>,
@@ -75,7 +75,7 @@ pub async fn write_replies<W: AsyncWrite + Unpin>(
                     }
                 }
             }
-            if close || sink.overflowed() {
+            if close || sink.is_cut_off() {
                 break;
             }
             chunk = rx.try_recv().ok();
@@ -83,8 +83,8 @@ pub async fn write_replies<W: AsyncWrite + Unpin>(
         out.flush(&mut wr).await?;
         sink.written(written);
         sink.replies_written(next);
-        if sink.overflowed() {
-            return Ok(output_limit_exceeded(sink));
+        if sink.is_cut_off() {
+            return Ok(cut_off(sink));
         }
         if close {
             let _ = wr.shutdown().await;
@@ -93,9 +93,18 @@ pub async fn write_replies<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Logs and counts a client cut off at its output limit; the reason, for the log.
-pub fn output_limit_exceeded(sink: &ReplySink) -> &'static str {
-    info!("closing client whose unread replies exceeded the output limit");
-    sink.metrics().error(ErrorKind::OutputLimit, 1);
-    "output limit exceeded"
+/// Logs and counts a client the proxy disconnects; the reason, for the log.
+pub fn cut_off(sink: &ReplySink) -> &'static str {
+    match sink.cut_reason() {
+        CutOff::OutputLimit => {
+            info!("closing client whose unread replies exceeded the output limit");
+            sink.metrics().error(ErrorKind::OutputLimit, 1);
+            "output limit exceeded"
+        }
+        CutOff::Stalled => {
+            info!("closing client that left its replies unread past the stall timeout");
+            sink.metrics().error(ErrorKind::ClientStalled, 1);
+            "stalled: replies left unread"
+        }
+    }
 }
