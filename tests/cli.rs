@@ -749,7 +749,7 @@ fn a_client_that_never_reads_costs_others_nothing() {
     // a full socket.
     let sent_before = redis_output_bytes(&redis);
     let mut stuck = stuck_client(port);
-    std::thread::sleep(Duration::from_millis(2000));
+    std::thread::sleep(Duration::from_millis(2500));
     let fetched = redis_output_bytes(&redis) - sent_before;
     eprintln!("Redis sent {fetched} bytes for the stuck client");
     assert!(

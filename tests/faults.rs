@@ -292,7 +292,7 @@ async fn a_slow_reader_of_large_replies_gets_them_all() {
     let redis = RedisServer::start();
     let proxy = Proxy::start_with(&redis, |a| {
         a.client_output_limit = Some(8 << 20);
-        a.client_stall_timeout_ms = Some(2000);
+        a.client_stall_timeout_ms = Some(10_000);
     })
     .await;
     let mut setter = proxy.conn().await;
@@ -337,7 +337,9 @@ async fn a_slow_reader_of_large_replies_gets_them_all() {
 async fn a_pipeline_written_before_reading_completes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let redis = RedisServer::start();
-    let proxy = Proxy::start_with(&redis, |a| a.client_stall_timeout_ms = Some(1000)).await;
+    // A deadlock would end in the stall timeout's disconnect: 10 s, beyond any scheduling
+    // hiccup of a loaded CI machine.
+    let proxy = Proxy::start_with(&redis, |a| a.client_stall_timeout_ms = Some(10_000)).await;
     let mut setter = proxy.conn().await;
     let _: () = setter.set("k", "0123456789").await.unwrap();
     let n = 1_000_000;

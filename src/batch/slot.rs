@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, Notify};
@@ -58,8 +58,11 @@ pub struct ReplySink {
     awaiting: AtomicUsize,
     /// Reply bytes delivered but not yet written to the client.
     unwritten: AtomicUsize,
-    /// Writes to the client so far: a backlogged client that makes none is stalled.
-    writes: AtomicU64,
+    /// When the sink was made: `progress_ms` counts from here.
+    created: Instant,
+    /// Milliseconds from `created` to the last write to the client that made progress: a
+    /// backlogged client that allows none for the stall timeout is stalled.
+    progress_ms: AtomicU64,
     /// Raised when the client is to be disconnected (past the output limit, or stalled):
     /// the session is closed, even while its writer is blocked on a client that does not
     /// read.
@@ -120,7 +123,8 @@ impl ReplySink {
             tx,
             awaiting: AtomicUsize::new(0),
             unwritten: AtomicUsize::new(0),
-            writes: AtomicU64::new(0),
+            created: Instant::now(),
+            progress_ms: AtomicU64::new(0),
             cut: Latch::new(),
             cut_reason: AtomicU8::new(CutOff::OutputLimit as u8),
             output_limit,
@@ -205,9 +209,10 @@ impl ReplySink {
         self.resumed.notified().await;
     }
 
-    /// Writes to the client so far (to tell a stalled client from a slow one).
-    pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Acquire)
+    /// When a write to the client last made progress (to tell a stalled client from a
+    /// slow one, even in the middle of one large reply); the sink's creation before any.
+    pub fn last_progress(&self) -> Instant {
+        self.created + Duration::from_millis(self.progress_ms.load(Ordering::Acquire))
     }
 
     /// Mean size of the replies delivered so far (0 before any).
@@ -283,9 +288,15 @@ impl ReplySink {
         });
     }
 
+    /// Notes that a write to the client made progress (it is reading): once per socket
+    /// write, never per command.
+    pub fn progressed(&self) {
+        let ms = self.created.elapsed().as_millis() as u64;
+        self.progress_ms.fetch_max(ms, Ordering::AcqRel);
+    }
+
     /// Marks `bytes` as written to the client.
     pub fn written(&self, bytes: usize) {
-        self.writes.fetch_add(1, Ordering::Relaxed);
         let before = self.unwritten.fetch_sub(bytes, Ordering::AcqRel);
         if before >= self.pause_bytes && before - bytes < self.pause_bytes {
             // The client caught up: its held-back commands may go.
@@ -325,18 +336,20 @@ impl ReplySink {
         self.delivered.fetch_add(count as usize, Ordering::Relaxed);
         self.delivered_bytes
             .fetch_add(bytes.len(), Ordering::Relaxed);
-        let before = self.awaiting.fetch_sub(count as usize, Ordering::AcqRel);
-        // A paused reader re-checks its cap (a stored permit if none waits).
-        self.resumed.notify_one();
-        if before == count as usize {
-            self.drained.notify_one();
-        }
+        // Counted as unwritten before the held session is woken: it must not see room
+        // that these bytes take.
         self.push(ReplyChunk {
             first_seq,
             count,
             bytes,
             close_after: false,
         });
+        let before = self.awaiting.fetch_sub(count as usize, Ordering::AcqRel);
+        // A held session looks again (a stored permit if none waits).
+        self.resumed.notify_one();
+        if before == count as usize {
+            self.drained.notify_one();
+        }
     }
 
     fn push(&self, chunk: ReplyChunk) {
@@ -517,7 +530,6 @@ mod tests {
             .await
             .expect("woken")
             .expect("joined");
-        assert_eq!(sink.writes(), 1);
     }
 
     #[test]

@@ -205,34 +205,28 @@ struct Run {
 /// sends anything.
 #[derive(Default)]
 struct StallClock {
-    /// When the current wait started, and the client's write count then.
-    since: Option<(Instant, u64)>,
+    /// When the current wait for room started.
+    since: Option<Instant>,
 }
 
 impl StallClock {
-    /// When the client counts as stalled, if it is backlogged and a timeout is set.
+    /// When the client counts as stalled, if it is backlogged and a timeout is set: the
+    /// timeout after the wait started or the client last read, whichever is later.
     fn deadline(&mut self, sink: &ReplySink, timeout: Option<Duration>) -> Option<Instant> {
         let timeout = timeout?;
         if !sink.backlogged() {
             self.since = None;
             return None;
         }
-        let (at, _) = *self
-            .since
-            .get_or_insert_with(|| (Instant::now(), sink.writes()));
-        Some(at + timeout)
+        let since = *self.since.get_or_insert_with(Instant::now);
+        Some(since.max(sink.last_progress()) + timeout)
     }
 
-    /// At the deadline: true if the client wrote nothing since the clock started (and is
-    /// still backlogged); otherwise the clock starts again.
-    fn expired(&mut self, sink: &ReplySink) -> bool {
-        match self.since {
-            Some((_, writes)) if writes == sink.writes() && sink.backlogged() => true,
-            _ => {
-                self.since = None;
-                false
-            }
-        }
+    /// At a deadline: true if the client is still backlogged and has read nothing for the
+    /// whole timeout.
+    fn expired(&mut self, sink: &ReplySink, timeout: Option<Duration>) -> bool {
+        self.deadline(sink, timeout)
+            .is_some_and(|at| Instant::now() >= at)
     }
 }
 
@@ -297,14 +291,8 @@ impl Session {
                     _ = &mut stopping => return,
                     // A reply came back or was written: look again.
                     _ = self.sink.changed() => continue,
-                    _ = sleep_until(deadline), if deadline.is_some() => {
-                        if stall.expired(&self.sink) {
-                            info!(client = self.peer.id, "client left its replies unread past the stall timeout");
-                            self.sink.cut_off_stalled();
-                            return;
-                        }
-                        continue;
-                    }
+                    // Before the stall deadline: input that is waiting proves the client
+                    // alive even if this task was not polled for a while.
                     r = rd.read_buf(&mut buf), if !eof => match r {
                         Ok(0) => eof = true,
                         // A client still sending is not stalled: it may read once done.
@@ -314,10 +302,25 @@ impl Session {
                             return;
                         }
                     },
+                    _ = sleep_until(deadline), if deadline.is_some() => {
+                        if stall.expired(&self.sink, self.limits.stall_timeout) {
+                            info!(client = self.peer.id, "client left its replies unread past the stall timeout");
+                            self.sink.cut_off_stalled();
+                            return;
+                        }
+                        continue;
+                    }
                 }
             } else {
                 if eof {
                     return;
+                }
+                if !self.sink.has_room() {
+                    // Commands that bypass the fast path's check (one by one, or with
+                    // replies off) leave the session over its cap or backlogged: read on,
+                    // but send nothing more until there is room.
+                    held = true;
+                    continue;
                 }
                 self.reserve(&mut buf);
                 let read = tokio::select! {
@@ -602,5 +605,32 @@ impl Session {
     /// The client's protocol.
     pub(crate) fn proto(&self) -> Proto {
         self.route.proto()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::slot::OUTPUT_PAUSE;
+
+    #[test]
+    fn stall_clock_runs_from_the_last_progress() {
+        let (sink, _rx) = ReplySink::new(1000, 0, Metrics::new(false));
+        let timeout = Some(Duration::from_millis(200));
+        let mut clock = StallClock::default();
+        assert_eq!(clock.deadline(&sink, timeout), None, "not backlogged");
+        let mut slot = ReplySlot::new(sink.clone(), 0, 1);
+        slot.complete(1, Bytes::from(vec![b'x'; OUTPUT_PAUSE]));
+        assert!(clock.deadline(&sink, timeout).is_some());
+        assert!(!clock.expired(&sink, timeout));
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(
+            clock.expired(&sink, timeout),
+            "nothing read for the timeout"
+        );
+        // A write that made progress starts the timeout again.
+        sink.progressed();
+        assert!(!clock.expired(&sink, timeout));
+        assert_eq!(clock.deadline(&sink, None), None, "no timeout set");
     }
 }

@@ -6,6 +6,8 @@
 //! pub/sub messages) is written at its position without completing it.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -19,11 +21,12 @@ use crate::batch::{ReplyChunk, ReplySink, WriteBuffer};
 /// reader has finished and every reply it is owed was written, after a closing reply, or
 /// when the client is cut off (output limit, stall).
 pub async fn write_replies<W: AsyncWrite + Unpin>(
-    mut wr: W,
+    wr: W,
     mut rx: mpsc::UnboundedReceiver<ReplyChunk>,
     sink: &ReplySink,
     mut reader_end: oneshot::Receiver<u64>,
 ) -> std::io::Result<&'static str> {
+    let mut wr = Progress { inner: wr, sink };
     let mut next = 0u64;
     // Keyed by (sequence number, arrival order): streaming chunks share a number.
     let mut early: BTreeMap<(u64, u64), ReplyChunk> = BTreeMap::new();
@@ -90,6 +93,35 @@ pub async fn write_replies<W: AsyncWrite + Unpin>(
             let _ = wr.shutdown().await;
             return Ok("closed by the proxy (QUIT, protocol error or limit)");
         }
+    }
+}
+
+/// The client's socket, noting every write that made progress: the stall clock's evidence
+/// that the client reads, even while one large reply is going out.
+struct Progress<'a, W> {
+    inner: W,
+    sink: &'a ReplySink,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Progress<'_, W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.sink.progressed();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
