@@ -289,10 +289,13 @@ impl ReplySink {
     }
 
     /// Notes that a write to the client made progress (it is reading): once per socket
-    /// write, never per command.
+    /// write, never per command. Only a backlogged client's progress is timed (the stall
+    /// clock starts no earlier than its backlog), so the common write reads no clock.
     pub fn progressed(&self) {
-        let ms = self.created.elapsed().as_millis() as u64;
-        self.progress_ms.fetch_max(ms, Ordering::AcqRel);
+        if self.backlogged() {
+            let ms = self.created.elapsed().as_millis() as u64;
+            self.progress_ms.fetch_max(ms, Ordering::AcqRel);
+        }
     }
 
     /// Marks `bytes` as written to the client.
