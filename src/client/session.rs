@@ -184,6 +184,8 @@ pub(crate) struct Session {
     shutdown: Arc<Latch>,
     /// Read times of the commands framed from the current read (metrics).
     timings: Vec<Timing>,
+    /// When the bytes being framed were read (or released, after a hold); None when
+    /// metrics are off.
     read_at: Option<Instant>,
 }
 
@@ -280,6 +282,11 @@ impl Session {
         loop {
             if held && self.sink.has_room() {
                 held = false;
+                // Time held commands from their release: the wait was the client's (not
+                // reading), and Redis's own latency figures would not include it either.
+                if self.read_at.is_some() {
+                    self.read_at = Some(Instant::now());
+                }
             } else if held {
                 // Keep reading the client meanwhile (up to the query limit): a client that
                 // writes its whole pipeline before reading a reply must not deadlock with
