@@ -330,6 +330,35 @@ async fn a_slow_reader_of_large_replies_gets_them_all() {
     assert_eq!(slow.reply_text().await, "+PONG\r\n");
 }
 
+/// The stall timeout disconnects a client only while it has commands held back: one that
+/// sent everything it wants and leaves 16 MiB of replies unread for five stall timeouts is
+/// kept (as Redis keeps it), and gets them all when it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_replies_alone_do_not_count_as_a_stall() {
+    use tokio::io::AsyncReadExt;
+    let redis = RedisServer::start();
+    let proxy = Proxy::start_with(&redis, |a| a.client_stall_timeout_ms = Some(300)).await;
+    let mut setter = proxy.conn().await;
+    let value: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
+    let _: () = setter.set("big", &value).await.unwrap();
+    let mut idle = proxy.raw().await;
+    idle.send(&b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(2))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut one = format!("${}\r\n", value.len()).into_bytes();
+    one.extend_from_slice(&value);
+    one.extend_from_slice(b"\r\n");
+    let want = one.repeat(2);
+    let mut got = vec![0u8; want.len()];
+    tokio::time::timeout(Duration::from_secs(10), idle.stream.read_exact(&mut got))
+        .await
+        .expect("replies stalled")
+        .expect("disconnected with replies unread but nothing held back");
+    assert!(got == want, "replies differ from 2 copies of the value");
+    idle.send(b"PING\r\n").await;
+    assert_eq!(idle.reply_text().await, "+PONG\r\n");
+}
+
 /// A client that writes a whole pipeline (22 MB, more than the kernel buffers between it
 /// and the proxy) before reading any reply is not deadlocked by its held-back commands:
 /// the proxy keeps reading its input while it waits for the client to read.

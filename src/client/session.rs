@@ -279,19 +279,31 @@ impl Session {
         let mut held = false;
         let mut eof = false;
         let mut stall = StallClock::default();
+        // Whether the current hold waited on the client's reading (not only on the
+        // in-flight cap, which is the proxy's own queueing).
+        let mut waited_on_client = false;
         loop {
             if held && self.sink.has_room() {
                 held = false;
-                // Time held commands from their release: the wait was the client's (not
-                // reading), and Redis's own latency figures would not include it either.
-                if self.read_at.is_some() {
+                // Time commands held for the client's backlog from their release: that wait
+                // was the client's, and Redis's own latency figures would not include it.
+                if waited_on_client && self.read_at.is_some() {
                     self.read_at = Some(Instant::now());
                 }
+                waited_on_client = false;
             } else if held {
+                waited_on_client |= self.sink.backlogged();
                 // Keep reading the client meanwhile (up to the query limit): a client that
                 // writes its whole pipeline before reading a reply must not deadlock with
                 // a proxy waiting for it to read.
-                let deadline = stall.deadline(&self.sink, self.limits.stall_timeout);
+                let deadline = if buf.is_empty() {
+                    // Nothing held back: a client that only leaves replies unread is not
+                    // disconnected for it (Redis does not either); its output limit applies.
+                    stall = StallClock::default();
+                    None
+                } else {
+                    stall.deadline(&self.sink, self.limits.stall_timeout)
+                };
                 self.reserve(&mut buf);
                 tokio::select! {
                     biased;
