@@ -282,6 +282,21 @@ async fn a_client_that_never_reads_stalls_nobody() {
     assert!(closed, "a client that reads nothing should be disconnected");
 }
 
+/// Stores a `size`-byte value under "big" and sends `n` GETs of it on `client` in one
+/// write; the replies the client is owed.
+async fn big_gets(proxy: &Proxy, client: &mut RawConn, size: usize, n: usize) -> Vec<u8> {
+    let mut setter = proxy.conn().await;
+    let value: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let _: () = setter.set("big", &value).await.unwrap();
+    client
+        .send(&b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(n))
+        .await;
+    let mut one = format!("${size}\r\n").into_bytes();
+    one.extend_from_slice(&value);
+    one.extend_from_slice(b"\r\n");
+    one.repeat(n)
+}
+
 /// A client that reads its large replies slowly is held back, not cut off: 24 MiB of
 /// replies through an 8 MiB output limit arrive whole and in order, and the connection
 /// stays usable (Redis itself, buffering them all, would cut it off at the limit). The
@@ -295,17 +310,8 @@ async fn a_slow_reader_of_large_replies_gets_them_all() {
         a.client_stall_timeout_ms = Some(10_000);
     })
     .await;
-    let mut setter = proxy.conn().await;
-    let value: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
-    let _: () = setter.set("big", &value).await.unwrap();
     let mut slow = proxy.raw().await;
-    let n = 24;
-    slow.send(&b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(n))
-        .await;
-    let mut one = format!("${}\r\n", value.len()).into_bytes();
-    one.extend_from_slice(&value);
-    one.extend_from_slice(b"\r\n");
-    let want = one.repeat(n);
+    let want = big_gets(&proxy, &mut slow, 1 << 20, 24).await;
     // About 50 MB/s: far slower than the proxy can fetch.
     let mut got = Vec::with_capacity(want.len());
     let mut chunk = vec![0u8; 256 << 10];
@@ -338,17 +344,9 @@ async fn unread_replies_alone_do_not_count_as_a_stall() {
     use tokio::io::AsyncReadExt;
     let redis = RedisServer::start();
     let proxy = Proxy::start_with(&redis, |a| a.client_stall_timeout_ms = Some(300)).await;
-    let mut setter = proxy.conn().await;
-    let value: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
-    let _: () = setter.set("big", &value).await.unwrap();
     let mut idle = proxy.raw().await;
-    idle.send(&b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(2))
-        .await;
+    let want = big_gets(&proxy, &mut idle, 8 << 20, 2).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut one = format!("${}\r\n", value.len()).into_bytes();
-    one.extend_from_slice(&value);
-    one.extend_from_slice(b"\r\n");
-    let want = one.repeat(2);
     let mut got = vec![0u8; want.len()];
     tokio::time::timeout(Duration::from_secs(10), idle.stream.read_exact(&mut got))
         .await
